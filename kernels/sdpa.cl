@@ -1,0 +1,1 @@
+// Fused scaled dot-product attention (FlashAttention-2). Placeholder until the OpenCL backend lands.

@@ -1,0 +1,11 @@
+namespace GpuAttention.Backends;
+
+/// <summary>Maps an <see cref="OpKind"/> to the backend interface that implements it.</summary>
+internal static class OpSupport
+{
+    public static bool Implements(IBackend backend, OpKind op) => op switch
+    {
+        OpKind.Sdpa => backend is ISdpaBackend,
+        _ => false,
+    };
+}

@@ -1,0 +1,241 @@
+using GpuAttention.Backends;
+using GpuAttention.Backends.Cpu;
+using GpuAttention.Backends.OpenCL;
+
+namespace GpuAttention;
+
+/// <summary>What <see cref="Device.Probe"/> found for one backend or device.</summary>
+/// <param name="Spec">The name to pass to <see cref="Device.Open"/>, e.g. "opencl:0"; for a missing backend its bare name.</param>
+/// <param name="Backend">The backend kind.</param>
+/// <param name="Name">Device name, or empty when missing.</param>
+/// <param name="Available">Whether <see cref="Device.Open"/> would succeed.</param>
+/// <param name="Reason">Why the backend is missing (library not found, no platform, ...), else null.</param>
+public sealed record DeviceDescription(string Spec, BackendKind Backend, string Name, bool Available, string? Reason);
+
+/// <summary>
+/// One compute device (managed CPU, an OpenCL device or a CUDA device) with its own memory and queue.
+/// All tensors used in one call must belong to the same device. Operations are enqueued
+/// asynchronously where the backend allows; <see cref="Download(Tensor)"/> and
+/// <see cref="Synchronize"/> wait. Methods are safe to call from several threads
+/// (the device serialises its queue with a lock).
+/// </summary>
+public sealed partial class Device : IDisposable
+{
+    private readonly IBackend _backend;
+    private CpuBackend? _cpuFallback;
+    private bool _disposed;
+    internal readonly object QueueLock = new();
+
+    private Device(IBackend backend, string spec)
+    {
+        _backend = backend;
+        Spec = spec;
+    }
+
+    internal IBackend Backend => _disposed ? throw new ObjectDisposedException(nameof(Device)) : _backend;
+
+    /// <summary>The backend this device runs on.</summary>
+    public BackendKind Kind => _backend.Kind;
+
+    /// <summary>The spec it was opened with after resolving "auto", e.g. "cpu" or "opencl:0".</summary>
+    public string Spec { get; }
+
+    /// <summary>The device's name as its driver reports it.</summary>
+    public string Name => _backend.DeviceName;
+
+    /// <summary>
+    /// Opens a device: "cpu" (managed, always present), "opencl" or "opencl:K" (K-th OpenCL device over all
+    /// platforms), "cuda" or "cuda:K", or "auto" (CUDA if present, else an OpenCL GPU, else the CPU).
+    /// </summary>
+    /// <exception cref="BackendUnavailableException">The backend or device is not present; the message says why.</exception>
+    /// <exception cref="ArgumentException">The spec is not one of the forms above.</exception>
+    public static Device Open(string spec = "cpu")
+    {
+        ArgumentNullException.ThrowIfNull(spec);
+        var s = spec.Trim().ToLowerInvariant();
+        if (s == "auto") return OpenAuto();
+        var (name, index) = ParseSpec(s);
+        return name switch
+        {
+            "cpu" => index == 0 ? new Device(new CpuBackend(), "cpu") : throw new BackendUnavailableException($"cpu:{index}: there is only one managed CPU device (cpu)"),
+            "opencl" => new Device(OpenClBackend.Create(index), $"opencl:{index}"),
+            "cuda" => throw new BackendUnavailableException(CudaUnavailableReason()),
+            _ => throw new ArgumentException($"backend: expected cpu, opencl[:K], cuda[:K] or auto, got '{spec}'", nameof(spec)),
+        };
+    }
+
+    private static (string, int) ParseSpec(string s)
+    {
+        int colon = s.IndexOf(':');
+        if (colon < 0) return (s, 0);
+        if (!int.TryParse(s.AsSpan(colon + 1), out int k) || k < 0)
+            throw new ArgumentException($"backend: expected a device index after ':', got '{s}'", "spec");
+        return (s[..colon], k);
+    }
+
+    private static Device OpenAuto()
+    {
+        try
+        {
+            var devices = OpenClBackend.Enumerate();
+            int gpu = devices.FindIndex(d => d.IsGpu);
+            if (gpu >= 0) return new Device(OpenClBackend.Create(gpu), $"opencl:{gpu}");
+        }
+        catch (BackendUnavailableException) { }
+        return new Device(new CpuBackend(), "cpu");
+    }
+
+    internal static string CudaUnavailableReason() => "cuda: the CUDA backend is not part of this build yet";
+
+    /// <summary>Lists every backend and device found, and why a missing one is missing.</summary>
+    public static IReadOnlyList<DeviceDescription> Probe()
+    {
+        var list = new List<DeviceDescription> { new("cpu", BackendKind.Cpu, CpuBackend.Describe(), true, null) };
+        try
+        {
+            var devices = OpenClBackend.Enumerate();
+            if (devices.Count == 0) list.Add(new("opencl", BackendKind.OpenCL, "", false, "opencl: the ICD loader found no devices"));
+            for (int i = 0; i < devices.Count; i++)
+                list.Add(new($"opencl:{i}", BackendKind.OpenCL, devices[i].Description, true, null));
+        }
+        catch (BackendUnavailableException e)
+        {
+            list.Add(new("opencl", BackendKind.OpenCL, "", false, e.Message));
+        }
+        list.Add(new("cuda", BackendKind.Cuda, "", false, CudaUnavailableReason()));
+        return list;
+    }
+
+    /// <summary>Whether this device has its own kernel for <paramref name="op"/>; when it has not, the op runs on the CPU backend with copies.</summary>
+    public bool SupportsOp(OpKind op) => Backend.SupportsOp(op);
+
+    /// <summary>Allocates an uninitialised tensor of the given shape.</summary>
+    /// <exception cref="ArgumentException">A negative dimension, or more elements than the device can hold in one buffer.</exception>
+    public Tensor Allocate(params int[] shape)
+    {
+        ArgumentNullException.ThrowIfNull(shape);
+        var copy = (int[])shape.Clone();
+        long n = Tensor.Product(copy);
+        var be = Backend;
+        if (n > be.MaxBufferElements)
+            throw new ArgumentException($"tensor {TensorShapeException.Format(copy)} has {n} elements, more than this device's largest buffer ({be.MaxBufferElements} float32 elements)", nameof(shape));
+        lock (QueueLock) return new Tensor(this, be.Allocate(n), copy);
+    }
+
+    /// <summary>Allocates a tensor of <paramref name="shape"/> and copies <paramref name="data"/> (row-major) into it.</summary>
+    /// <exception cref="TensorShapeException">data.Length differs from the product of the shape.</exception>
+    public Tensor Upload(ReadOnlySpan<float> data, params int[] shape)
+    {
+        var t = Allocate(shape);
+        try { Upload(t, data); }
+        catch { t.Dispose(); throw; }
+        return t;
+    }
+
+    /// <summary>Copies a bool attention mask to the device as an additive float mask (True → 0, may attend; False → −∞).</summary>
+    public Tensor UploadMask(ReadOnlySpan<bool> mask, params int[] shape)
+    {
+        var f = new float[mask.Length];
+        for (int i = 0; i < f.Length; i++) f[i] = mask[i] ? 0f : float.NegativeInfinity;
+        return Upload(f, shape);
+    }
+
+    /// <summary>Copies host data into an existing tensor of this device (blocking).</summary>
+    public void Upload(Tensor destination, ReadOnlySpan<float> data)
+    {
+        CheckOwned(destination, "destination");
+        if (data.Length != destination.Length)
+            throw new TensorShapeException("data", $"{destination.Length} elements for shape {destination}", $"{data.Length} elements");
+        lock (QueueLock) Backend.Write(destination.Buffer, 0, data);
+    }
+
+    /// <summary>Copies a tensor to host memory (waits for queued work).</summary>
+    public void Download(Tensor source, Span<float> destination)
+    {
+        CheckOwned(source, "source");
+        if (destination.Length != source.Length)
+            throw new TensorShapeException("destination", $"{source.Length} elements for shape {source}", $"{destination.Length} elements");
+        lock (QueueLock) Backend.Read(source.Buffer, 0, destination);
+    }
+
+    /// <summary>Copies a tensor to a new host array (waits for queued work).</summary>
+    public float[] Download(Tensor source)
+    {
+        CheckOwned(source, "source");
+        if (source.Length > Array.MaxLength) throw new ArgumentException($"source: {source.Length} elements do not fit in one array; download with a span", nameof(source));
+        var a = new float[source.Length];
+        Download(source, a);
+        return a;
+    }
+
+    /// <summary>Sets every element of <paramref name="tensor"/> to <paramref name="value"/> (e.g. NaN to poison outputs).</summary>
+    public void Fill(Tensor tensor, float value)
+    {
+        CheckOwned(tensor, "tensor");
+        lock (QueueLock) Backend.Fill(tensor.Buffer, value);
+    }
+
+    /// <summary>Waits until all queued work on this device has finished.</summary>
+    public void Synchronize()
+    {
+        lock (QueueLock) Backend.Synchronize();
+    }
+
+    internal void CheckOwned(Tensor t, string name)
+    {
+        ArgumentNullException.ThrowIfNull(t, name);
+        if (t.IsDisposed) throw new ObjectDisposedException(name, $"{name}: tensor was disposed");
+        if (!ReferenceEquals(t.Device, this))
+            throw new ArgumentException($"{name}: tensor belongs to device {t.Device.Spec}, not {Spec}", name);
+    }
+
+    /// <summary>
+    /// Runs an op on this device's backend, or, when the backend has no kernel for it, on the CPU backend
+    /// with inputs copied to host memory and outputs copied back.
+    /// </summary>
+    internal void Run(OpKind op, Tensor?[] inputs, Tensor[] outputs, Action<IBackend, Func<Tensor?, IDeviceBuffer?>> run)
+    {
+        lock (QueueLock)
+        {
+            var be = Backend;
+            if (be.SupportsOp(op)) { run(be, t => t?.Buffer); return; }
+            var cpu = _cpuFallback ??= new CpuBackend();
+            var map = new Dictionary<Tensor, IDeviceBuffer>(ReferenceEqualityComparer.Instance);
+            try
+            {
+                foreach (var t in inputs.Concat(outputs))
+                {
+                    if (t is null || map.ContainsKey(t)) continue;
+                    var host = new float[t.Length];
+                    be.Read(t.Buffer, 0, host);
+                    var buf = cpu.Allocate(t.Length);
+                    cpu.Write(buf, 0, host);
+                    map[t] = buf;
+                }
+                run(cpu, t => t is null ? null : map[t]);
+                foreach (var t in outputs)
+                {
+                    var host = new float[t.Length];
+                    cpu.Read(map[t], 0, host);
+                    be.Write(t.Buffer, 0, host);
+                }
+            }
+            finally
+            {
+                foreach (var b in map.Values) b.Dispose();
+            }
+        }
+    }
+
+    /// <summary>Releases the backend (queues, contexts). Tensors of this device must not be used afterwards.</summary>
+    public void Dispose()
+    {
+        lock (QueueLock)
+        {
+            if (_disposed) return;
+            _disposed = true;
+            _backend.Dispose();
+            _cpuFallback?.Dispose();
+        }
+    }
+}
