@@ -1,6 +1,151 @@
+using System.Diagnostics;
+using System.Text.Json;
+using GpuAttention.Cli.Ops;
+using GpuAttention.IO;
+
 namespace GpuAttention.Cli;
 
+/// <summary>Entry point of `gpuattention` (CONTRACT.md, "Command line").</summary>
 public static class Program
 {
-    public static int Main(string[] args) => 0;
+    private const string Usage = """
+        usage:
+          gpuattention run OP --backend BACKEND --in DIR --out DIR [options] [--warmup N] [--repeat N]
+          gpuattention devices
+          gpuattention demo [--backend B] [--image PATH] [--out DIR]
+        OP: {0}
+        BACKEND: cpu | opencl[:K] | cuda[:K] | auto
+        options: --causal --scale X --size H,W --align-corners --mode bilinear|nearest --padding zeros|border|reflection
+        """;
+
+    /// <summary>Every op of `run`, by name.</summary>
+    internal static readonly IReadOnlyDictionary<string, ICliOp> Ops = new ICliOp[]
+    {
+        new SdpaOp(),
+    }.ToDictionary(o => o.Name);
+
+    public static int Main(string[] args)
+    {
+        try
+        {
+            if (args.Length == 0 || args[0] is "-h" or "--help" or "help")
+            {
+                Console.Out.WriteLine(UsageText());
+                return args.Length == 0 ? 2 : 0;
+            }
+            return args[0] switch
+            {
+                "run" => Run(args.AsSpan(1)),
+                "devices" => Devices(),
+                _ => throw new UsageException($"unknown command '{args[0]}' (expected run, devices or demo)"),
+            };
+        }
+        catch (UsageException e) { return Fail(2, e.Message + "\n" + UsageText()); }
+        catch (Exception e) when (IsInputError(e)) { return Fail(1, e.Message); }
+        catch (Exception e) { return Fail(1, $"internal error: {e.GetType().Name}: {e.Message}"); }
+    }
+
+    internal static bool IsInputError(Exception e) => e is InputException or TensorShapeException or ArgumentException
+        or InvalidDataException or FileNotFoundException or DirectoryNotFoundException or BackendUnavailableException or IOException
+        or UnauthorizedAccessException or ObjectDisposedException or NotSupportedException or OutOfMemoryException;
+
+    private static string UsageText() => string.Format(Usage, string.Join(" | ", Ops.Keys));
+
+    private static int Fail(int code, string message)
+    {
+        // One short message: the first line for input errors, full usage text only for usage errors.
+        Console.Error.WriteLine("gpuattention: " + (code == 2 ? message : message.ReplaceLineEndings(" ")));
+        return code;
+    }
+
+    private static int Devices()
+    {
+        foreach (var d in Device.Probe())
+            Console.Out.WriteLine(d.Available ? $"{d.Spec,-10} {d.Name}" : $"{d.Spec,-10} (missing) {d.Reason}");
+        return 0;
+    }
+
+    private static int Run(ReadOnlySpan<string> args)
+    {
+        if (args.Length == 0) throw new UsageException("run: expected an OP");
+        if (!Ops.TryGetValue(args[0], out var op)) throw new UsageException($"run: unknown OP '{args[0]}'");
+        var o = RunOptions.Parse(args[1..].ToArray());
+        if (!Directory.Exists(o.InDir)) throw new InputException($"--in: directory not found: {o.InDir}");
+        ValidateBackendName(o.Backend);
+
+        var inputs = new InputSet(o.InDir!);
+        using var device = Device.Open(o.Backend);
+        using var prepared = op.Prepare(device, inputs, o);
+
+        for (int i = 0; i < o.Warmup; i++) prepared.Launch();
+        device.Synchronize();
+        var times = new List<double>();
+        if (o.Repeat is int n)
+        {
+            for (int i = 0; i < n; i++)
+            {
+                long t0 = Stopwatch.GetTimestamp();
+                prepared.Launch();
+                device.Synchronize();
+                times.Add(Stopwatch.GetElapsedTime(t0).TotalMilliseconds);
+            }
+        }
+        else if (o.Warmup == 0)
+        {
+            prepared.Launch();
+        }
+        var outputs = prepared.Collect();
+        WriteOutputs(o.OutDir!, outputs);
+        if (o.Repeat is int r)
+        {
+            times.Sort();
+            double median = times.Count % 2 == 1 ? times[times.Count / 2] : 0.5 * (times[times.Count / 2 - 1] + times[times.Count / 2]);
+            Console.Out.WriteLine(TimingJson(op.Name, device, median, times[0], r));
+        }
+        return 0;
+    }
+
+    /// <summary>Unknown backend words are usage errors (exit 2); a known backend that is absent is exit 1.</summary>
+    private static void ValidateBackendName(string b)
+    {
+        string s = b.ToLowerInvariant();
+        int c = s.IndexOf(':');
+        string name = c < 0 ? s : s[..c];
+        if (name is not ("cpu" or "opencl" or "cuda" or "auto") || c >= 0 && (name == "auto" || !int.TryParse(s[(c + 1)..], out int k) || k < 0))
+            throw new UsageException($"--backend: expected cpu, opencl[:K], cuda[:K] or auto, got '{b}'");
+    }
+
+    /// <summary>Writes every output to a temporary folder inside DIR first, then moves them into place: a failure leaves DIR untouched.</summary>
+    private static void WriteOutputs(string dir, IReadOnlyList<(string Name, NpyArray Array)> outputs)
+    {
+        Directory.CreateDirectory(dir);
+        string tmp = Path.Combine(dir, ".gpuattention-tmp-" + Environment.ProcessId);
+        Directory.CreateDirectory(tmp);
+        try
+        {
+            foreach (var (name, array) in outputs) Npy.Write(Path.Combine(tmp, name + ".npy"), array);
+            foreach (var (name, _) in outputs) File.Move(Path.Combine(tmp, name + ".npy"), Path.Combine(dir, name + ".npy"), overwrite: true);
+        }
+        finally
+        {
+            Directory.Delete(tmp, recursive: true);
+        }
+    }
+
+    internal static string TimingJson(string op, Device device, double median, double min, int repeats)
+    {
+        using var ms = new MemoryStream();
+        using (var w = new Utf8JsonWriter(ms))
+        {
+            w.WriteStartObject();
+            w.WriteString("op", op);
+            w.WriteString("backend", device.Spec);
+            w.WriteString("device", device.Name);
+            w.WriteNumber("median_ms", Math.Round(median, 4));
+            w.WriteNumber("min_ms", Math.Round(min, 4));
+            w.WriteNumber("repeats", repeats);
+            w.WriteEndObject();
+        }
+        return System.Text.Encoding.UTF8.GetString(ms.ToArray());
+    }
 }

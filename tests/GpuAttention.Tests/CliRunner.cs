@@ -1,0 +1,34 @@
+using System.Diagnostics;
+using System.Reflection;
+
+namespace GpuAttention.Tests;
+
+/// <summary>Runs the built `gpuattention` CLI as a separate process (its assembly name clashes with the library's up to case).</summary>
+internal static class CliRunner
+{
+    public static string CliPath => typeof(CliRunner).Assembly.GetCustomAttributes<AssemblyMetadataAttribute>().First(a => a.Key == "CliPath").Value!;
+
+    public static (int Code, string Stdout, string Stderr) Run(params string[] args)
+    {
+        var psi = new ProcessStartInfo(Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") ?? "dotnet")
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            UseShellExecute = false,
+        };
+        psi.ArgumentList.Add(Path.GetFullPath(CliPath));
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        using var p = Process.Start(psi)!;
+        var so = p.StandardOutput.ReadToEndAsync();
+        var se = p.StandardError.ReadToEndAsync();
+        if (!p.WaitForExit(120_000)) { p.Kill(true); throw new TimeoutException("gpuattention did not finish in 120 s"); }
+        return (p.ExitCode, so.Result, se.Result);
+    }
+
+    public static string TempDir()
+    {
+        var d = Path.Combine(Path.GetTempPath(), "gpuattention-tests", Guid.NewGuid().ToString("N"));
+        Directory.CreateDirectory(d);
+        return d;
+    }
+}

@@ -1,0 +1,30 @@
+using GpuAttention.Reference;
+using NUnit.Framework;
+
+namespace GpuAttention.Tests;
+
+/// <summary>Shared helpers: deterministic random data, opening a backend or skipping with the reason, error checks.</summary>
+internal static class TestUtil
+{
+    public static float[] Random(Random rng, long n, float scale = 1f)
+    {
+        var a = new float[n];
+        for (long i = 0; i < n; i++) a[i] = (float)(rng.NextDouble() * 2 - 1) * scale;
+        return a;
+    }
+
+    /// <summary>Opens a device, or marks the test ignored with the reason the backend is missing.</summary>
+    public static Device OpenOrIgnore(string spec)
+    {
+        try { return Device.Open(spec); }
+        catch (BackendUnavailableException e) { Assert.Ignore(e.Message); throw; }
+    }
+
+    public static void AssertClose(ReadOnlySpan<float> actual, ReadOnlySpan<double> reference, double bound, string what)
+    {
+        double rel = ReferenceOps.RelativeError(actual, reference);
+        Assert.That(rel, Is.LessThanOrEqualTo(bound), $"{what}: relative error {rel:E3} > {bound:E1} (max abs {ReferenceOps.MaxAbsError(actual, reference):E3})");
+    }
+
+    public static readonly string[] Backends = ["cpu", "opencl"];
+}
