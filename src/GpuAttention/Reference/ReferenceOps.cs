@@ -4,7 +4,7 @@ namespace GpuAttention.Reference;
 /// Double-precision reference implementations: obviously correct, no tiling, no SIMD, single-threaded.
 /// Every kernel of every backend is tested against these.
 /// </summary>
-public static class ReferenceOps
+public static partial class ReferenceOps
 {
     /// <summary>
     /// Scaled dot-product attention forward in double precision: for each row, scores s_j = scale·q·k_j + mask_j
