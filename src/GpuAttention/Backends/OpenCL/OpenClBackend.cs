@@ -1,11 +1,197 @@
+using GpuAttention.Backends.OpenCL.Native;
+
 namespace GpuAttention.Backends.OpenCL;
 
 /// <summary>One OpenCL device found by <see cref="OpenClBackend.Enumerate"/>.</summary>
 internal sealed record OpenClDeviceInfo(string Name, string Platform, bool IsGpu, string Description);
 
-/// <summary>PLACEHOLDER until the OpenCL bindings land.</summary>
-internal sealed class OpenClBackend
+/// <summary>A device buffer of the OpenCL backend: one cl_mem of <see cref="Length"/> float32 elements.</summary>
+internal sealed class OpenClBuffer(ClMem mem, long length, OpenClBackend owner) : IDeviceBuffer
 {
-    public static List<OpenClDeviceInfo> Enumerate() => throw new BackendUnavailableException("opencl: not built yet");
-    public static IBackend Create(int index) => throw new BackendUnavailableException("opencl: not built yet");
+    public ClMem Mem { get; } = mem;
+    public long Length { get; } = length;
+    public OpenClBackend Owner { get; } = owner;
+    public void Dispose() => Mem.Dispose();
+}
+
+/// <summary>
+/// The OpenCL backend: one context and one in-order command queue on one device. Kernels are enqueued
+/// without waiting; <see cref="Read"/> and <see cref="Write"/> block; <see cref="Synchronize"/> is clFinish.
+/// Not thread-safe by itself: <see cref="Device"/> serialises calls with its queue lock.
+/// </summary>
+internal sealed unsafe partial class OpenClBackend : IBackend, ISdpaBackend
+{
+    private readonly ClContext _context;
+    private readonly ClQueue _queue;
+    private readonly nint _device;
+    private ClMem? _dummy;
+
+    private OpenClBackend(nint device, OpenClDeviceInfo info)
+    {
+        _device = device;
+        Info = info;
+        int err;
+        nint dev = device;
+        var ctx = Cl.clCreateContext(null, 1, &dev, 0, 0, &err);
+        Cl.Check(err, "clCreateContext");
+        _context = new ClContext(ctx);
+        var q = Cl.clCreateCommandQueue(ctx, device, 0, &err);
+        if (err != Cl.CL_SUCCESS) { _context.Dispose(); Cl.Check(err, "clCreateCommandQueue"); }
+        _queue = new ClQueue(q);
+        ulong maxAlloc = Cl.DeviceValue<ulong>(device, Cl.CL_DEVICE_MAX_MEM_ALLOC_SIZE);
+        MaxBufferElements = (long)Math.Min(maxAlloc / sizeof(float), long.MaxValue / sizeof(float));
+        MaxWorkGroupSize = (long)Cl.DeviceValue<nuint>(device, Cl.CL_DEVICE_MAX_WORK_GROUP_SIZE);
+        LocalMemBytes = (long)Cl.DeviceValue<ulong>(device, Cl.CL_DEVICE_LOCAL_MEM_SIZE);
+        Programs = new ProgramCache(_context, device);
+    }
+
+    /// <summary>What Enumerate reported for this device.</summary>
+    public OpenClDeviceInfo Info { get; }
+
+    /// <summary>Compiled programs and kernels of this device.</summary>
+    internal ProgramCache Programs { get; }
+
+    internal long MaxWorkGroupSize { get; }
+    internal long LocalMemBytes { get; }
+
+    public BackendKind Kind => BackendKind.OpenCL;
+    public string DeviceName => Info.Name;
+    public long MaxBufferElements { get; }
+
+    // ---------------- discovery ----------------
+
+    private static List<(nint Device, OpenClDeviceInfo Info)> Discover()
+    {
+        if (!Cl.TryLoad(out var reason)) throw new BackendUnavailableException(reason!);
+        uint np;
+        int err = Cl.clGetPlatformIDs(0, null, &np);
+        if (err == Cl.CL_PLATFORM_NOT_FOUND_KHR || err == Cl.CL_SUCCESS && np == 0)
+            throw new BackendUnavailableException(OperatingSystem.IsLinux()
+                ? "opencl: no OpenCL platform (the ICD loader found no ICD in /etc/OpenCL/vendors; install one such as pocl-opencl-icd or a GPU driver)"
+                : "opencl: no OpenCL platform (no OpenCL driver is installed)");
+        if (err != Cl.CL_SUCCESS) throw new BackendUnavailableException($"opencl: clGetPlatformIDs failed with {Cl.ErrorName(err)} ({err})");
+        var platforms = new nint[np];
+        fixed (nint* p = platforms) Cl.Check(Cl.clGetPlatformIDs(np, p, null), "clGetPlatformIDs");
+        var list = new List<(nint, OpenClDeviceInfo)>();
+        foreach (var platform in platforms)
+        {
+            uint nd;
+            err = Cl.clGetDeviceIDs(platform, Cl.CL_DEVICE_TYPE_ALL, 0, null, &nd);
+            if (err == Cl.CL_DEVICE_NOT_FOUND || nd == 0) continue;
+            Cl.Check(err, "clGetDeviceIDs");
+            var devices = new nint[nd];
+            fixed (nint* d = devices) Cl.Check(Cl.clGetDeviceIDs(platform, Cl.CL_DEVICE_TYPE_ALL, nd, d, null), "clGetDeviceIDs");
+            string pname = Cl.PlatformString(platform, Cl.CL_PLATFORM_NAME);
+            foreach (var d in devices)
+            {
+                string name = Cl.DeviceString(d, Cl.CL_DEVICE_NAME);
+                ulong type = Cl.DeviceValue<ulong>(d, Cl.CL_DEVICE_TYPE);
+                uint cu = Cl.DeviceValue<uint>(d, Cl.CL_DEVICE_MAX_COMPUTE_UNITS);
+                var ver = Cl.DeviceString(d, Cl.CL_DEVICE_VERSION).Split(' ', StringSplitOptions.RemoveEmptyEntries);
+                string version = ver.Length >= 2 ? ver[0] + " " + ver[1] : string.Join(" ", ver);
+                bool gpu = (type & Cl.CL_DEVICE_TYPE_GPU) != 0;
+                list.Add((d, new OpenClDeviceInfo(name, pname, gpu, $"{pname} / {name}, {version}, {cu} CU")));
+            }
+        }
+        return list;
+    }
+
+    /// <summary>All OpenCL devices over all platforms, in loader order (platform, then device).</summary>
+    /// <exception cref="BackendUnavailableException">No OpenCL library or no platform; the message says why.</exception>
+    public static List<OpenClDeviceInfo> Enumerate() => Discover().Select(d => d.Info).ToList();
+
+    /// <summary>Opens the <paramref name="index"/>-th device of <see cref="Enumerate"/>.</summary>
+    /// <exception cref="BackendUnavailableException">OpenCL is missing or the index is out of range.</exception>
+    public static IBackend Create(int index)
+    {
+        var all = Discover();
+        if (all.Count == 0) throw new BackendUnavailableException("opencl: the ICD loader found no devices");
+        if (index < 0 || index >= all.Count)
+            throw new BackendUnavailableException($"opencl:{index}: no such device; there {(all.Count == 1 ? "is 1 OpenCL device (opencl:0)" : $"are {all.Count} OpenCL devices (opencl:0 .. opencl:{all.Count - 1})")}");
+        var (dev, info) = all[index];
+        return new OpenClBackend(dev, info);
+    }
+
+    // ---------------- memory and queue ----------------
+
+    internal OpenClBuffer B(IDeviceBuffer b) =>
+        b is OpenClBuffer o && ReferenceEquals(o.Owner, this) ? o : throw new ArgumentException("buffer belongs to another backend or device");
+
+    public IDeviceBuffer Allocate(long elements)
+    {
+        if (elements < 0 || elements > MaxBufferElements) throw new ArgumentOutOfRangeException(nameof(elements));
+        return new OpenClBuffer(CreateMem(Math.Max(1, elements) * sizeof(float)), elements, this);
+    }
+
+    private ClMem CreateMem(long bytes)
+    {
+        int err;
+        var h = Cl.clCreateBuffer(_context.Raw, Cl.CL_MEM_READ_WRITE, (nuint)bytes, null, &err);
+        Cl.Check(err, $"clCreateBuffer({bytes} bytes)");
+        return new ClMem(h);
+    }
+
+    public void Write(IDeviceBuffer dst, long offset, ReadOnlySpan<float> src)
+    {
+        var d = B(dst);
+        if (offset < 0 || offset + src.Length > d.Length) throw new ArgumentOutOfRangeException(nameof(offset));
+        if (src.Length == 0) return;
+        fixed (float* p = src)
+            Cl.Check(Cl.clEnqueueWriteBuffer(_queue.Raw, d.Mem.Raw, Cl.CL_TRUE, (nuint)(offset * sizeof(float)), (nuint)src.Length * sizeof(float), p, 0, null, null), "clEnqueueWriteBuffer");
+        GC.KeepAlive(d);
+    }
+
+    public void Read(IDeviceBuffer src, long offset, Span<float> dst)
+    {
+        var s = B(src);
+        if (offset < 0 || offset + dst.Length > s.Length) throw new ArgumentOutOfRangeException(nameof(offset));
+        if (dst.Length == 0) return;
+        fixed (float* p = dst)
+            Cl.Check(Cl.clEnqueueReadBuffer(_queue.Raw, s.Mem.Raw, Cl.CL_TRUE, (nuint)(offset * sizeof(float)), (nuint)dst.Length * sizeof(float), p, 0, null, null), "clEnqueueReadBuffer");
+        GC.KeepAlive(s);
+    }
+
+    public void Fill(IDeviceBuffer dst, float value)
+    {
+        var d = B(dst);
+        if (d.Length == 0) return;
+        Cl.Check(Cl.clEnqueueFillBuffer(_queue.Raw, d.Mem.Raw, &value, sizeof(float), 0, (nuint)d.Length * sizeof(float), 0, null, null), "clEnqueueFillBuffer");
+        GC.KeepAlive(d);
+    }
+
+    public void Synchronize() => Cl.Check(Cl.clFinish(_queue.Raw), "clFinish");
+
+    public bool SupportsOp(OpKind op) => OpSupport.Implements(this, op);
+
+    /// <summary>A one-element buffer bound to optional buffer arguments that are absent (e.g. no mask).</summary>
+    private ClMem Dummy => _dummy ??= CreateMem(sizeof(float));
+
+    // ---------------- kernel launch helpers ----------------
+
+    private static void Arg(ClKernel k, uint i, ClMem m)
+    {
+        nint h = m.Raw;
+        Cl.Check(Cl.clSetKernelArg(k.Raw, i, (nuint)sizeof(nint), &h), $"clSetKernelArg({i})");
+    }
+
+    private static void Arg<T>(ClKernel k, uint i, T value) where T : unmanaged =>
+        Cl.Check(Cl.clSetKernelArg(k.Raw, i, (nuint)sizeof(T), &value), $"clSetKernelArg({i})");
+
+    private void Launch(ClKernel k, string name, ReadOnlySpan<long> global, ReadOnlySpan<long> local)
+    {
+        uint dims = (uint)global.Length;
+        nuint* g = stackalloc nuint[3];
+        nuint* l = stackalloc nuint[3];
+        for (int i = 0; i < dims; i++) { g[i] = (nuint)global[i]; l[i] = (nuint)local[i]; }
+        Cl.Check(Cl.clEnqueueNDRangeKernel(_queue.Raw, k.Raw, dims, null, g, l, 0, null, null), $"clEnqueueNDRangeKernel({name})");
+    }
+
+    public void Dispose()
+    {
+        try { if (!_queue.IsClosed) Cl.clFinish(_queue.Raw); } catch (ObjectDisposedException) { }
+        Programs.Dispose();
+        _dummy?.Dispose();
+        _queue.Dispose();
+        _context.Dispose();
+    }
 }

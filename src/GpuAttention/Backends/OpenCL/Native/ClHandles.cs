@@ -1,0 +1,44 @@
+using System.Runtime.InteropServices;
+
+namespace GpuAttention.Backends.OpenCL.Native;
+
+/// <summary>Base of the OpenCL object handles: a pointer-sized handle released once with its clRelease*.</summary>
+internal abstract class ClHandle : SafeHandle
+{
+    protected ClHandle(nint handle) : base(nint.Zero, ownsHandle: true) => SetHandle(handle);
+
+    public override bool IsInvalid => handle == nint.Zero;
+
+    /// <summary>The raw handle for a native call; the caller keeps this object alive across the call.</summary>
+    public nint Raw => IsClosed ? throw new ObjectDisposedException(GetType().Name) : handle;
+}
+
+/// <summary>A cl_context.</summary>
+internal sealed class ClContext(nint h) : ClHandle(h)
+{
+    protected override bool ReleaseHandle() => Cl.clReleaseContext(handle) == Cl.CL_SUCCESS;
+}
+
+/// <summary>A cl_command_queue.</summary>
+internal sealed class ClQueue(nint h) : ClHandle(h)
+{
+    protected override bool ReleaseHandle() => Cl.clReleaseCommandQueue(handle) == Cl.CL_SUCCESS;
+}
+
+/// <summary>A cl_mem buffer (OpenCL defers the actual free until queued commands using it have finished).</summary>
+internal sealed class ClMem(nint h) : ClHandle(h)
+{
+    protected override bool ReleaseHandle() => Cl.clReleaseMemObject(handle) == Cl.CL_SUCCESS;
+}
+
+/// <summary>A cl_program.</summary>
+internal sealed class ClProgram(nint h) : ClHandle(h)
+{
+    protected override bool ReleaseHandle() => Cl.clReleaseProgram(handle) == Cl.CL_SUCCESS;
+}
+
+/// <summary>A cl_kernel.</summary>
+internal sealed class ClKernel(nint h) : ClHandle(h)
+{
+    protected override bool ReleaseHandle() => Cl.clReleaseKernel(handle) == Cl.CL_SUCCESS;
+}
