@@ -1,3 +1,4 @@
+using GpuAttention.Backends.Kernels;
 using GpuAttention.Backends.OpenCL.Native;
 
 namespace GpuAttention.Backends.OpenCL;
@@ -19,7 +20,7 @@ internal sealed class OpenClBuffer(ClMem mem, long length, OpenClBackend owner) 
 /// without waiting; <see cref="Read"/> and <see cref="Write"/> block; <see cref="Synchronize"/> is clFinish.
 /// Not thread-safe by itself: <see cref="Device"/> serialises calls with its queue lock.
 /// </summary>
-internal sealed unsafe partial class OpenClBackend : IBackend, ISdpaBackend
+internal sealed unsafe partial class OpenClBackend : KernelBackend
 {
     private readonly ClContext _context;
     private readonly ClQueue _queue;
@@ -40,7 +41,7 @@ internal sealed unsafe partial class OpenClBackend : IBackend, ISdpaBackend
         _queue = new ClQueue(q);
         ulong maxAlloc = Cl.DeviceValue<ulong>(device, Cl.CL_DEVICE_MAX_MEM_ALLOC_SIZE);
         MaxBufferElements = (long)Math.Min(maxAlloc / sizeof(float), long.MaxValue / sizeof(float));
-        MaxWorkGroupSize = (long)Cl.DeviceValue<nuint>(device, Cl.CL_DEVICE_MAX_WORK_GROUP_SIZE);
+        MaxWorkGroupSize = (int)Cl.DeviceValue<nuint>(device, Cl.CL_DEVICE_MAX_WORK_GROUP_SIZE);
         LocalMemBytes = (long)Cl.DeviceValue<ulong>(device, Cl.CL_DEVICE_LOCAL_MEM_SIZE);
         Programs = new ProgramCache(_context, device);
     }
@@ -51,12 +52,13 @@ internal sealed unsafe partial class OpenClBackend : IBackend, ISdpaBackend
     /// <summary>Compiled programs and kernels of this device.</summary>
     internal ProgramCache Programs { get; }
 
-    internal long MaxWorkGroupSize { get; }
-    internal long LocalMemBytes { get; }
+    public override int MaxWorkGroupSize { get; }
+    public override long LocalMemBytes { get; }
+    public override bool IsGpu => Info.IsGpu;
 
-    public BackendKind Kind => BackendKind.OpenCL;
-    public string DeviceName => Info.Name;
-    public long MaxBufferElements { get; }
+    public override BackendKind Kind => BackendKind.OpenCL;
+    public override string DeviceName => Info.Name;
+    public override long MaxBufferElements { get; }
 
     // ---------------- discovery ----------------
 
@@ -117,7 +119,7 @@ internal sealed unsafe partial class OpenClBackend : IBackend, ISdpaBackend
     internal OpenClBuffer B(IDeviceBuffer b) =>
         b is OpenClBuffer o && ReferenceEquals(o.Owner, this) ? o : throw new ArgumentException("buffer belongs to another backend or device");
 
-    public IDeviceBuffer Allocate(long elements)
+    public override IDeviceBuffer Allocate(long elements)
     {
         if (elements < 0 || elements > MaxBufferElements) throw new ArgumentOutOfRangeException(nameof(elements));
         return new OpenClBuffer(CreateMem(Math.Max(1, elements) * sizeof(float)), elements, this);
@@ -131,7 +133,7 @@ internal sealed unsafe partial class OpenClBackend : IBackend, ISdpaBackend
         return new ClMem(h);
     }
 
-    public void Write(IDeviceBuffer dst, long offset, ReadOnlySpan<float> src)
+    public override void Write(IDeviceBuffer dst, long offset, ReadOnlySpan<float> src)
     {
         var d = B(dst);
         if (offset < 0 || offset + src.Length > d.Length) throw new ArgumentOutOfRangeException(nameof(offset));
@@ -141,7 +143,7 @@ internal sealed unsafe partial class OpenClBackend : IBackend, ISdpaBackend
         GC.KeepAlive(d);
     }
 
-    public void Read(IDeviceBuffer src, long offset, Span<float> dst)
+    public override void Read(IDeviceBuffer src, long offset, Span<float> dst)
     {
         var s = B(src);
         if (offset < 0 || offset + dst.Length > s.Length) throw new ArgumentOutOfRangeException(nameof(offset));
@@ -151,7 +153,7 @@ internal sealed unsafe partial class OpenClBackend : IBackend, ISdpaBackend
         GC.KeepAlive(s);
     }
 
-    public void Fill(IDeviceBuffer dst, float value)
+    public override void Fill(IDeviceBuffer dst, float value)
     {
         var d = B(dst);
         if (d.Length == 0) return;
@@ -159,34 +161,47 @@ internal sealed unsafe partial class OpenClBackend : IBackend, ISdpaBackend
         GC.KeepAlive(d);
     }
 
-    public void Synchronize() => Cl.Check(Cl.clFinish(_queue.Raw), "clFinish");
-
-    public bool SupportsOp(OpKind op) => OpSupport.Implements(this, op);
+    public override void Synchronize() => Cl.Check(Cl.clFinish(_queue.Raw), "clFinish");
 
     /// <summary>A one-element buffer bound to optional buffer arguments that are absent (e.g. no mask).</summary>
     private ClMem Dummy => _dummy ??= CreateMem(sizeof(float));
 
     // ---------------- kernel launch helpers ----------------
 
-    private static void Arg(ClKernel k, uint i, ClMem m)
-    {
-        nint h = m.Raw;
-        Cl.Check(Cl.clSetKernelArg(k.Raw, i, (nuint)sizeof(nint), &h), $"clSetKernelArg({i})");
-    }
-
     private static void Arg<T>(ClKernel k, uint i, T value) where T : unmanaged =>
         Cl.Check(Cl.clSetKernelArg(k.Raw, i, (nuint)sizeof(T), &value), $"clSetKernelArg({i})");
 
-    private void Launch(ClKernel k, string name, ReadOnlySpan<long> global, ReadOnlySpan<long> local)
+    /// <summary>
+    /// Sets the arguments and enqueues the kernel. The cl_kernel objects are shared through the program cache and
+    /// clSetKernelArg on a shared kernel is not thread-safe: <see cref="Device"/> serialises launches with its queue lock.
+    /// </summary>
+    public override void Launch(string file, string defines, string kernel, ReadOnlySpan<long> global, ReadOnlySpan<int> local, ReadOnlySpan<KernelArg> args)
     {
+        var k = Programs.Kernel(file, defines, kernel);
+        for (int i = 0; i < args.Length; i++)
+        {
+            var a = args[i];
+            switch (a.Kind)
+            {
+                case KernelArgKind.Buffer: Arg(k, (uint)i, (a.Buffer is null ? Dummy : B(a.Buffer).Mem).Raw); break;
+                case KernelArgKind.Int32: Arg(k, (uint)i, (int)a.Int); break;
+                case KernelArgKind.Int64: Arg(k, (uint)i, a.Int); break;
+                case KernelArgKind.Float32: Arg(k, (uint)i, a.Float); break;
+            }
+        }
         uint dims = (uint)global.Length;
         nuint* g = stackalloc nuint[3];
         nuint* l = stackalloc nuint[3];
-        for (int i = 0; i < dims; i++) { g[i] = (nuint)global[i]; l[i] = (nuint)local[i]; }
-        Cl.Check(Cl.clEnqueueNDRangeKernel(_queue.Raw, k.Raw, dims, null, g, l, 0, null, null), $"clEnqueueNDRangeKernel({name})");
+        for (int i = 0; i < dims; i++)
+        {
+            if (global[i] % local[i] != 0) throw new ArgumentException($"{kernel}: global size {global[i]} is not a multiple of the local size {local[i]}");
+            g[i] = (nuint)global[i]; l[i] = (nuint)local[i];
+        }
+        Cl.Check(Cl.clEnqueueNDRangeKernel(_queue.Raw, k.Raw, dims, null, g, l, 0, null, null), $"clEnqueueNDRangeKernel({kernel})");
+        for (int i = 0; i < args.Length; i++) GC.KeepAlive(args[i].Buffer);
     }
 
-    public void Dispose()
+    public override void Dispose()
     {
         try { if (!_queue.IsClosed) Cl.clFinish(_queue.Raw); } catch (ObjectDisposedException) { }
         Programs.Dispose();
