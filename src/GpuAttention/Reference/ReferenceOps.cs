@@ -35,47 +35,43 @@ public static class ReferenceOps
         var outp = new double[(long)B * Hq * L * Ev];
         var lse = new double[(long)B * Hq * L];
         int group = Hq / Hkv;
-        Parallel.For(0, B * Hq, bh =>
+        // One task per query row (b, h, i); scratch buffers per worker.
+        Parallel.For(0, (long)B * Hq * L, () => (new double[S], new double[Ev]), (row, _, buf) =>
         {
-            int b = bh / Hq, h = bh % Hq, hk = h / group;
-            var s = new double[S];
-            var acc = new double[Ev];
-            long kBase = ((long)b * Hkv + hk) * S;
-            for (int i = 0; i < L; i++)
+            var (s, acc) = buf;
+            int i = (int)(row % L), h = (int)(row / L % Hq), b = (int)(row / L / Hq), hk = h / group;
+            long kBase = ((long)b * Hkv + hk) * S, qo = row * E;
+            double max = double.NegativeInfinity;
+            for (int j = 0; j < S; j++)
             {
-                long qo = (((long)b * Hq + h) * L + i) * E;
-                double max = double.NegativeInfinity;
-                for (int j = 0; j < S; j++)
-                {
-                    double d = 0;
-                    long ko = (kBase + j) * E;
-                    for (int e = 0; e < E; e++) d += (double)q[qo + e] * k[ko + e];
-                    d *= scale;
-                    if (mask is not null) d += mask[b * sb + h * sh + i * sl + j * ss];
-                    if (causal && j > i) d = double.NegativeInfinity;
-                    s[j] = d;
-                    if (d > max) max = d;
-                }
-                long row = ((long)b * Hq + h) * L + i;
-                if (double.IsNegativeInfinity(max))
-                {
-                    lse[row] = double.NegativeInfinity; // outputs stay 0
-                    continue;
-                }
-                double sum = 0;
-                Array.Clear(acc);
-                for (int j = 0; j < S; j++)
-                {
-                    double p = Math.Exp(s[j] - max);
-                    sum += p;
-                    if (p == 0) continue;
-                    long vo = (kBase + j) * Ev;
-                    for (int e = 0; e < Ev; e++) acc[e] += p * v[vo + e];
-                }
-                for (int e = 0; e < Ev; e++) outp[row * Ev + e] = acc[e] / sum;
-                lse[row] = max + Math.Log(sum);
+                double d = 0;
+                long ko = (kBase + j) * E;
+                for (int e = 0; e < E; e++) d += (double)q[qo + e] * k[ko + e];
+                d *= scale;
+                if (mask is not null) d += mask[b * sb + h * sh + i * sl + j * ss];
+                if (causal && j > i) d = double.NegativeInfinity;
+                s[j] = d;
+                if (d > max) max = d;
             }
-        });
+            if (double.IsNegativeInfinity(max))
+            {
+                lse[row] = double.NegativeInfinity; // outputs stay 0
+                return buf;
+            }
+            double sum = 0;
+            Array.Clear(acc);
+            for (int j = 0; j < S; j++)
+            {
+                double p = Math.Exp(s[j] - max);
+                sum += p;
+                if (p == 0) continue;
+                long vo = (kBase + j) * Ev;
+                for (int e = 0; e < Ev; e++) acc[e] += p * v[vo + e];
+            }
+            for (int e = 0; e < Ev; e++) outp[row * Ev + e] = acc[e] / sum;
+            lse[row] = max + Math.Log(sum);
+            return buf;
+        }, _ => { });
         return (outp, lse);
     }
 }
