@@ -37,6 +37,7 @@ public static class Program
             {
                 "run" => Run(args.AsSpan(1)),
                 "devices" => Devices(),
+                "demo" => DemoCommand.Run(args[1..]),
                 _ => throw new UsageException($"unknown command '{args[0]}' (expected run, devices or demo)"),
             };
         }

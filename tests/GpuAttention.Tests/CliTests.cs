@@ -99,3 +99,33 @@ public class CliTests
         AssertFails(2, "--in DIR is required", "run", "sdpa", "--out", _out);
     }
 }
+
+/// <summary>`gpuattention demo` end to end on the shipped image (small pixel count to stay fast).</summary>
+public class DemoCliTests
+{
+    [Test]
+    public void DemoWritesPicturesAndVerifies([Values("cpu", "opencl")] string backend)
+    {
+        if (backend != "cpu") { using var _ = TestUtil.OpenOrIgnore(backend); }
+        var dir = CliRunner.TempDir();
+        try
+        {
+            var (code, so, se) = CliRunner.Run("demo", "--backend", backend, "--out", dir, "--pixels", "600", "--repeat", "1");
+            Assert.That(code, Is.Zero, so + se);
+            Assert.That(so, Does.Contain("sdpa"));
+            var overview = Path.Combine(dir, "sdpa_overview.png");
+            Assert.That(File.Exists(overview), Is.True);
+            var img = GpuAttention.Imaging.Image.Load(overview);
+            Assert.That(img.Width, Is.GreaterThan(img.Height));
+        }
+        finally { Directory.Delete(dir, true); }
+    }
+
+    [Test]
+    public void DemoRejectsAMissingImage()
+    {
+        var (code, _, se) = CliRunner.Run("demo", "--image", "/nonexistent/picture.png");
+        Assert.That(code, Is.EqualTo(1));
+        Assert.That(se, Does.Contain("picture.png"));
+    }
+}
