@@ -26,6 +26,8 @@ public class SdpaForwardTests(string backend)
         yield return new(1, 2, 2, 100, 7, 128, 96);
         yield return new(1, 1, 1, 33, 70, 200, 256);
         yield return new(1, 2, 1, 1, 300, 64, 64);                        // decoding, L = 1
+        yield return new(1, 2, 1, 1, 1100, 64, 64);                       // decoding over many keys (CPU splits the keys)
+        yield return new(1, 1, 1, 3, 777, 17, 5, MaskShape: [3, 777]);   // split keys with a mask and a fully masked row
         yield return new(2, 2, 2, 19, 41, 8, 5, Causal: true);            // causal, L < S
         yield return new(1, 4, 2, 45, 21, 16, 16, Causal: true);          // causal, L > S
         yield return new(2, 2, 1, 13, 29, 9, 11, MaskShape: [13, 29]);

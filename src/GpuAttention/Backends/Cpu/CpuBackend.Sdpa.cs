@@ -22,23 +22,106 @@ internal sealed unsafe partial class CpuBackend : ISdpaBackend
     public void SdpaForward(in SdpaForwardArgs a)
     {
         var s = a.Shape;
-        if (s.B == 0 || s.Hq == 0 || s.L == 0 || s.Ev == 0 && s.L == 0) return;
-        float* q = Ptr(a.Q), k = Ptr(a.K), v = Ptr(a.V), mask = Ptr(a.Mask), o = Ptr(a.Out), lse = Ptr(a.Lse);
+        if (s.B == 0 || s.Hq == 0 || s.L == 0) return;
+        nint q = (nint)Ptr(a.Q), k = (nint)Ptr(a.K), v = (nint)Ptr(a.V), mask = (nint)Ptr(a.Mask), o = (nint)Ptr(a.Out), lse = (nint)Ptr(a.Lse);
         int qBlocks = (s.L + QueryBlock - 1) / QueryBlock;
         long items = (long)s.B * s.Hq * qBlocks;
         var shape = s;
-        nint qp = (nint)q, kp = (nint)k, vp = (nint)v, mp = (nint)mask, op = (nint)o, lp = (nint)lse;
-        Parallel.For(0L, items, item =>
+
+        // Few query blocks (decoding, L = 1): split the keys into chunks so every core has work (flash-decoding),
+        // then combine the partial (max, sum, accumulator) triples of each row.
+        int threads = Environment.ProcessorCount;
+        int splits = items >= 2 * threads ? 1 : (int)Math.Min((2 * threads + items - 1) / items, Math.Max(1, s.S / (2 * KeyBlock)));
+        if (s.Causal) splits = 1;
+        if (splits == 1)
         {
-            int qb = (int)(item % qBlocks);
-            long bh = item / qBlocks;
-            SdpaBlock(shape, (int)(bh / shape.Hq), (int)(bh % shape.Hq), qb * QueryBlock,
-                (float*)qp, (float*)kp, (float*)vp, (float*)mp, (float*)op, (float*)lp);
-        });
+            Parallel.For(0L, items, item =>
+            {
+                int qb = (int)(item % qBlocks);
+                long bh = item / qBlocks;
+                SdpaBlock(shape, (int)(bh / shape.Hq), (int)(bh % shape.Hq), qb * QueryBlock, 0, shape.S,
+                    (float*)q, (float*)k, (float*)v, (float*)mask, (float*)o, (float*)lse, null);
+            });
+            return;
+        }
+
+        int chunk = (s.S + splits - 1) / splits;
+        int partStride = QueryBlock * (s.Ev + 2);
+        var parts = System.Buffers.ArrayPool<float>.Shared.Rent(checked((int)(items * splits * partStride)));
+        try
+        {
+            fixed (float* pp = parts)
+            {
+                nint partsPtr = (nint)pp;
+                Parallel.For(0L, items * splits, work =>
+                {
+                    long item = work / splits;
+                    int c = (int)(work % splits);
+                    int qb = (int)(item % qBlocks);
+                    long bh = item / qBlocks;
+                    int j0 = c * chunk, j1 = Math.Min(shape.S, j0 + chunk);
+                    SdpaBlock(shape, (int)(bh / shape.Hq), (int)(bh % shape.Hq), qb * QueryBlock, j0, Math.Max(j0, j1),
+                        (float*)q, (float*)k, (float*)v, (float*)mask, (float*)o, (float*)lse, (float*)partsPtr + work * partStride);
+                });
+                for (long item = 0; item < items; item++)
+                {
+                    int qb = (int)(item % qBlocks);
+                    long bh = item / qBlocks;
+                    int i0 = qb * QueryBlock, qn = Math.Min(QueryBlock, s.L - i0);
+                    CombineSplits(s, bh, i0, qn, splits, pp + item * splits * partStride, partStride, (float*)o, (float*)lse);
+                }
+            }
+        }
+        finally
+        {
+            System.Buffers.ArrayPool<float>.Shared.Return(parts);
+        }
     }
 
-    /// <summary>One (b, h) and up to QueryBlock queries starting at i0.</summary>
-    private static void SdpaBlock(in SdpaShape s, int b, int h, int i0, float* q, float* k, float* v, float* mask, float* o, float* lse)
+    /// <summary>Merges per-chunk (m, l, acc) of rows i0..i0+qn of head bh: M = max m_c, l = Σ l_c e^(m_c−M), acc = Σ acc_c e^(m_c−M).</summary>
+    private static void CombineSplits(in SdpaShape s, long bh, int i0, int qn, int splits, float* parts, int partStride, float* o, float* lse)
+    {
+        int Ev = s.Ev;
+        for (int r = 0; r < qn; r++)
+        {
+            long row = bh * s.L + i0 + r;
+            var dst = new Span<float>(o + row * Ev, Ev);
+            float M = float.NegativeInfinity;
+            bool nan = false;
+            for (int c = 0; c < splits; c++)
+            {
+                float m = PartM(parts + c * partStride, Ev)[r];
+                nan |= float.IsNaN(m);
+                if (m > M) M = m;
+            }
+            if (nan) { dst.Fill(float.NaN); lse[row] = float.NaN; continue; }
+            if (float.IsNegativeInfinity(M)) { dst.Clear(); lse[row] = float.NegativeInfinity; continue; }
+            dst.Clear();
+            float l = 0;
+            for (int c = 0; c < splits; c++)
+            {
+                float* part = parts + c * partStride;
+                float m = PartM(part, Ev)[r];
+                if (float.IsNegativeInfinity(m)) continue;
+                float w = MathF.Exp(m - M);
+                l += PartL(part, Ev)[r] * w;
+                TensorPrimitives.MultiplyAdd(new ReadOnlySpan<float>(part + r * Ev, Ev), w, dst, dst);
+            }
+            TensorPrimitives.Multiply(dst, 1f / l, dst);
+            lse[row] = M + MathF.Log(l);
+        }
+    }
+
+    // Layout of one partial result: acc [QueryBlock][Ev], then m [QueryBlock], then l [QueryBlock].
+    private static float* PartM(float* part, int Ev) => part + QueryBlock * Ev;
+    private static float* PartL(float* part, int Ev) => part + QueryBlock * Ev + QueryBlock;
+
+    /// <summary>
+    /// One (b, h), up to QueryBlock queries starting at i0, keys [jBegin, jEnd). With <paramref name="partial"/> null the
+    /// normalised rows are written to out and lse; otherwise the unnormalised (acc, m, l) go to <paramref name="partial"/>.
+    /// </summary>
+    private static void SdpaBlock(in SdpaShape s, int b, int h, int i0, int jBegin, int jEnd,
+        float* q, float* k, float* v, float* mask, float* o, float* lse, float* partial)
     {
         int qn = Math.Min(QueryBlock, s.L - i0);
         int E = s.E, Ev = s.Ev, S = s.S;
@@ -53,15 +136,15 @@ internal sealed unsafe partial class CpuBackend : ISdpaBackend
         if (scratch is null || scratch.Length < need) t_scratch = scratch = new float[Math.Max(need, 4096)];
         fixed (float* sp = scratch)
         {
-            float* sc = sp;                               // [QueryBlock][KeyBlock] scores, then probabilities
-            float* acc = sc + QueryBlock * KeyBlock;       // [QueryBlock][Ev]
-            float* m = acc + QueryBlock * Ev;              // running max
-            float* l = m + QueryBlock;                     // running sum
+            float* sc = sp;                                            // [QueryBlock][KeyBlock] scores, then probabilities
+            float* acc = partial != null ? partial : sc + QueryBlock * KeyBlock;   // [QueryBlock][Ev]
+            float* m = acc + QueryBlock * Ev;                          // running max
+            float* l = m + QueryBlock;                                 // running sum
             new Span<float>(acc, qn * Ev).Clear();
             for (int r = 0; r < qn; r++) { m[r] = float.NegativeInfinity; l[r] = 0; }
 
-            int kEnd = s.Causal ? Math.Min(S, i0 + qn) : S;   // causal: key j kept for query i when j <= i
-            for (int j0 = 0; j0 < kEnd; j0 += KeyBlock)
+            int kEnd = s.Causal ? Math.Min(jEnd, i0 + qn) : jEnd;   // causal: key j kept for query i when j <= i
+            for (int j0 = jBegin; j0 < kEnd; j0 += KeyBlock)
             {
                 int kn = Math.Min(KeyBlock, kEnd - j0);
                 Scores(qBase, kBase + (long)j0 * E, sc, qn, kn, E);
@@ -97,6 +180,7 @@ internal sealed unsafe partial class CpuBackend : ISdpaBackend
                 AccumulatePV(sc, vBase + (long)j0 * Ev, acc, qn, kn, Ev);
             }
 
+            if (partial != null) return;
             for (int r = 0; r < qn; r++)
             {
                 long row = ((long)b * s.Hq + h) * s.L + i0 + r;
