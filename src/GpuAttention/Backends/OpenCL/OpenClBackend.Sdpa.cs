@@ -4,9 +4,14 @@ namespace GpuAttention.Backends.OpenCL;
 
 internal sealed unsafe partial class OpenClBackend
 {
+    /// <summary>Forces the SDPA tile sizes (tests use small tiles to exercise many tiles and tails on small shapes).</summary>
+    internal (int BlockM, int BlockN)? SdpaTileOverride { get; set; }
+
     /// <summary>Tile sizes and the -D defines of kernels/sdpa.cl for head dims (e, ev) on this device.</summary>
     internal (int BlockM, int BlockN, string Defines) SdpaConfig(int e, int ev)
     {
+        if (SdpaTileOverride is { } t)
+            return (t.BlockM, t.BlockN, $"-DHEAD_DIM={e} -DHEAD_DIM_V={ev} -DBLOCK_M={t.BlockM} -DBLOCK_N={t.BlockN}");
         int blockM = 32;
         while (blockM > 1 && blockM > MaxWorkGroupSize) blockM /= 2;
         int blockN = e + ev <= 128 ? 64 : e + ev <= 256 ? 32 : e + ev <= 512 ? 16 : 8;
