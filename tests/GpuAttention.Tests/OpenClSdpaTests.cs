@@ -189,6 +189,25 @@ public class OpenClSdpaTests
         finally { be.SdpaTileOverride = null; }
     }
 
+    /// <summary>L == 1 takes the split-key decoding kernels (partial + combine); small chunks give many splits.</summary>
+    [TestCase(16, false, null)]
+    [TestCase(7, false, new[] { 2, 4, 1, 45 })]
+    [TestCase(5, false, new[] { 1, 45 })]
+    [TestCase(16, true, null)]
+    public void Decode(int chunk, bool causal, int[]? maskShape)
+    {
+        var be = (OpenClBackend)Dev.Backend;
+        (be.SdpaDecodeMinKeys, be.SdpaDecodeChunk) = (1, chunk);
+        try
+        {
+            Check(2, 4, 2, 1, 45, 17, 23, causal: causal, maskShape: maskShape);
+            Check(1, 1, 1, 1, 3, 1, 1, causal: causal);
+        }
+        finally { (be.SdpaDecodeMinKeys, be.SdpaDecodeChunk) = (256, 128); }
+    }
+
+    [Test] public void DecodeDefaultChunks() => Check(1, 4, 1, 1, 300, 64, 64, maskShape: [1, 4, 1, 300]);
+
     [Test]
     public void BoolMaskAndFullyMaskedRow()
     {

@@ -191,6 +191,8 @@ internal sealed unsafe partial class OpenClBackend : IBackend, ISdpaBackend
         try { if (!_queue.IsClosed) Cl.clFinish(_queue.Raw); } catch (ObjectDisposedException) { }
         Programs.Dispose();
         _dummy?.Dispose();
+        _partAcc?.Dispose();
+        _partMl?.Dispose();
         _queue.Dispose();
         _context.Dispose();
     }
