@@ -126,3 +126,97 @@ KERNEL sdpa_forward(GLOBAL const float* RESTRICT q, GLOBAL const float* RESTRICT
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// Decoding (L == 1): one query row per (b, h) leaves a plain forward launch with one busy work-item per
+// group, so the keys are split instead (flash-decoding): sdpa_decode_partial gives each work-group one chunk
+// of DEC_CHUNK keys of one (b, h) and writes that chunk's max m, sum l and unnormalised accumulator;
+// sdpa_decode_combine merges the chunks of each (b, h) with the same online-softmax rescaling.
+//   part_acc [B*Hq, nsplit, HEAD_DIM_V], part_ml [B*Hq, nsplit, 2] (m, l).
+// Grids: partial = (nsplit * DEC_WG, B*Hq) with local (DEC_WG, 1); combine = (B*Hq * DEC_WG) with local DEC_WG.
+#ifndef DEC_WG
+#define DEC_WG 64
+#endif
+#ifndef DEC_CHUNK
+#define DEC_CHUNK 128
+#endif
+
+KERNEL sdpa_decode_partial(GLOBAL const float* RESTRICT q, GLOBAL const float* RESTRICT k, GLOBAL const float* RESTRICT v,
+                           GLOBAL const float* RESTRICT mask, GLOBAL float* RESTRICT part_acc, GLOBAL float* RESTRICT part_ml,
+                           int Hq, int Hkv, int S, float scale, int causal, int has_mask,
+                           int64 msb, int64 msh, int64 mss, int nsplit)
+{
+    LOCAL_ARRAY(float, qs, HEAD_DIM);
+    LOCAL_ARRAY(float, ps, DEC_CHUNK);
+
+    const int tid = LID(0);
+    const int split = GRP(0);
+    const int bh = GRP(1);
+    const int b = bh / Hq;
+    const int h = bh - b * Hq;
+    const int hk = h / (Hq / Hkv);
+    const int64 kvhead = (int64)b * Hkv + hk;
+    GLOBAL const float* kh = k + kvhead * S * HEAD_DIM;
+    GLOBAL const float* vh = v + kvhead * S * HEAD_DIM_V;
+    GLOBAL const float* mrow = mask + (int64)b * msb + (int64)h * msh;   // query row i = 0
+
+    const int kend = causal ? (S < 1 ? S : 1) : S;  // causal, top-left aligned: row 0 keeps key 0 only
+    const int j0 = split * DEC_CHUNK;
+    int n = kend - j0;
+    n = n < 0 ? 0 : n > DEC_CHUNK ? DEC_CHUNK : n;
+
+    for (int c = tid; c < HEAD_DIM; c += DEC_WG) qs[c] = q[(int64)bh * HEAD_DIM + c];
+    BARRIER();
+
+    for (int jj = tid; jj < n; jj += DEC_WG) {
+        const int64 j = j0 + jj;
+        float d = 0.0f;
+        for (int c = 0; c < HEAD_DIM; c++) d += qs[c] * kh[j * HEAD_DIM + c];
+        float x = d * scale;
+        if (has_mask) x += mrow[j * mss];
+        ps[jj] = x;
+    }
+    BARRIER();
+
+    float m = NEG_INF;
+    for (int jj = 0; jj < n; jj++) m = FMAX(m, ps[jj]);
+    const float mref = m == NEG_INF ? 0.0f : m;    // all -inf: exp(-inf - 0) = 0, never NaN
+    BARRIER();                                    // everyone has read the scores before they become weights
+    for (int jj = tid; jj < n; jj += DEC_WG) ps[jj] = EXP(ps[jj] - mref);
+    BARRIER();
+
+    const int64 part = (int64)bh * nsplit + split;
+    for (int c = tid; c < HEAD_DIM_V; c += DEC_WG) {
+        float acc = 0.0f;
+        for (int jj = 0; jj < n; jj++) acc += ps[jj] * vh[(int64)(j0 + jj) * HEAD_DIM_V + c];
+        part_acc[part * HEAD_DIM_V + c] = acc;
+    }
+    if (tid == 0) {
+        float l = 0.0f;
+        for (int jj = 0; jj < n; jj++) l += ps[jj];
+        part_ml[part * 2] = m;
+        part_ml[part * 2 + 1] = l;
+    }
+}
+
+KERNEL sdpa_decode_combine(GLOBAL const float* RESTRICT part_acc, GLOBAL const float* RESTRICT part_ml,
+                           GLOBAL float* RESTRICT out, GLOBAL float* RESTRICT lse, int nsplit)
+{
+    const int tid = LID(0);
+    const int bh = GRP(0);
+    GLOBAL const float* ml = part_ml + (int64)bh * nsplit * 2;
+    float M = NEG_INF;
+    for (int s = 0; s < nsplit; s++) M = FMAX(M, ml[2 * s]);
+    const float mref = M == NEG_INF ? 0.0f : M;
+    float l = 0.0f;
+    for (int s = 0; s < nsplit; s++) l += ml[2 * s + 1] * EXP(ml[2 * s] - mref);
+    const int full = l != 0.0f;                   // 0: fully masked row (or S == 0) -> out 0, lse -inf
+    const float inv = full ? 1.0f / l : 0.0f;
+    GLOBAL const float* acc = part_acc + (int64)bh * nsplit * HEAD_DIM_V;
+    for (int c = tid; c < HEAD_DIM_V; c += DEC_WG) {
+        float o = 0.0f;
+        for (int s = 0; s < nsplit; s++) o += acc[(int64)s * HEAD_DIM_V + c] * EXP(ml[2 * s] - mref);
+        out[(int64)bh * HEAD_DIM_V + c] = full ? o * inv : 0.0f;
+    }
+    if (tid == 0) lse[bh] = full ? M + LOG(l) : NEG_INF;
+}

@@ -172,6 +172,42 @@ public class OpenClSdpaTests
     [Test] public void MaskCausalScale() => Check(2, 4, 2, 37, 53, 17, 23, causal: true, maskShape: [2, 4, 37, 53], scale: 2f);
     [Test] public void MaskLargeHeads() => Check(1, 1, 1, 33, 70, 200, 256, maskShape: [33, 70]);
 
+    /// <summary>Small tiles: many key tiles, query-block tails and causal block skipping on small shapes.</summary>
+    [TestCase(4, 4, false, null)]
+    [TestCase(8, 3, true, null)]
+    [TestCase(2, 5, false, new[] { 2, 1, 21, 19 })]
+    [TestCase(16, 1, true, new[] { 21, 19 })]
+    public void SmallTiles(int blockM, int blockN, bool causal, int[]? maskShape)
+    {
+        var be = (OpenClBackend)Dev.Backend;
+        be.SdpaTileOverride = (blockM, blockN);
+        try
+        {
+            Check(2, 2, 1, 21, 19, 5, 3, causal: causal, maskShape: maskShape);
+            Check(1, 2, 2, 7, 30, 9, 1, causal: causal);
+        }
+        finally { be.SdpaTileOverride = null; }
+    }
+
+    /// <summary>L == 1 takes the split-key decoding kernels (partial + combine); small chunks give many splits.</summary>
+    [TestCase(16, false, null)]
+    [TestCase(7, false, new[] { 2, 4, 1, 45 })]
+    [TestCase(5, false, new[] { 1, 45 })]
+    [TestCase(16, true, null)]
+    public void Decode(int chunk, bool causal, int[]? maskShape)
+    {
+        var be = (OpenClBackend)Dev.Backend;
+        (be.SdpaDecodeMinKeys, be.SdpaDecodeChunk) = (1, chunk);
+        try
+        {
+            Check(2, 4, 2, 1, 45, 17, 23, causal: causal, maskShape: maskShape);
+            Check(1, 1, 1, 1, 3, 1, 1, causal: causal);
+        }
+        finally { (be.SdpaDecodeMinKeys, be.SdpaDecodeChunk) = (256, 128); }
+    }
+
+    [Test] public void DecodeDefaultChunks() => Check(1, 4, 1, 1, 300, 64, 64, maskShape: [1, 4, 1, 300]);
+
     [Test]
     public void BoolMaskAndFullyMaskedRow()
     {

@@ -2,18 +2,54 @@ namespace GpuAttention.Backends.Kernels;
 
 internal abstract partial class KernelBackend : ISdpaBackend
 {
+    /// <summary>Forces the SDPA tile sizes (tests use small tiles to exercise many tiles and tails on small shapes).</summary>
+    internal (int BlockM, int BlockN)? SdpaTileOverride { get; set; }
+
+    /// <summary>L == 1 calls with at least this many keys take the split-key decoding kernels.</summary>
+    internal int SdpaDecodeMinKeys { get; set; } = 256;
+
+    /// <summary>Keys per work-group of the decoding kernels (DEC_CHUNK).</summary>
+    internal int SdpaDecodeChunk { get; set; } = 128;
+
+    private IDeviceBuffer? _partAcc, _partMl;
+
+    /// <summary>A device scratch buffer of at least <paramref name="elements"/>, kept and reused across calls (the queue is in order).</summary>
+    /// <remarks>Growing waits for the queue before releasing the old buffer: OpenCL defers the free until enqueued kernels
+    /// are done, but not every implementation does (oclgrind reported reads of freed, reallocated scratch without the wait).</remarks>
+    private IDeviceBuffer Scratch(ref IDeviceBuffer? buffer, long elements)
+    {
+        if (buffer is null || buffer.Length < elements)
+        {
+            if (buffer is not null) { Synchronize(); buffer.Dispose(); }
+            buffer = null;
+            buffer = Allocate(Math.Max(elements, 1));
+        }
+        return buffer;
+    }
+
+    /// <summary>Releases the cached scratch buffers (called by the backends' Dispose).</summary>
+    protected void DisposeScratch()
+    {
+        _partAcc?.Dispose(); _partAcc = null;
+        _partMl?.Dispose(); _partMl = null;
+    }
+
     /// <summary>Tile sizes and the -D defines of kernels/sdpa.cl for head dims (e, ev) on this device.</summary>
     internal (int BlockM, int BlockN, string Defines) SdpaConfig(int e, int ev)
     {
+        if (SdpaTileOverride is { } t)
+            return (t.BlockM, t.BlockN, SdpaDefines(e, ev, t.BlockM, t.BlockN));
         int blockM = 32;
         while (blockM > 1 && blockM > MaxWorkGroupSize) blockM /= 2;
         int blockN = e + ev <= 128 ? 64 : e + ev <= 256 ? 32 : e + ev <= 512 ? 16 : 8;
         long localBudget = Math.Min(LocalMemBytes > 0 ? LocalMemBytes : 32 * 1024, 32 * 1024);
         while (blockN > 1 && (long)blockN * (e + ev) * sizeof(float) > localBudget) blockN /= 2;
-        return (blockM, blockN, $"-DHEAD_DIM={e} -DHEAD_DIM_V={ev} -DBLOCK_M={blockM} -DBLOCK_N={blockN}");
+        return (blockM, blockN, SdpaDefines(e, ev, blockM, blockN));
     }
 
-    /// <summary>Enqueues the fused SDPA forward kernel (does not wait).</summary>
+    private static string SdpaDefines(int e, int ev, int blockM, int blockN) => $"-DHEAD_DIM={e} -DHEAD_DIM_V={ev} -DBLOCK_M={blockM} -DBLOCK_N={blockN}";
+
+    /// <summary>Enqueues the fused SDPA forward (does not wait).</summary>
     public void SdpaForward(in SdpaForwardArgs a)
     {
         var s = a.Shape;
@@ -22,6 +58,9 @@ internal abstract partial class KernelBackend : ISdpaBackend
             throw new NotSupportedException($"{Kind}: sdpa with an empty head dimension (E = {s.E}, Ev = {s.Ev}) is not supported");
         if ((long)s.B * s.Hq > int.MaxValue) throw new NotSupportedException($"{Kind}: sdpa: B * Hq exceeds 2^31 - 1");
 
+        int keys = s.Causal ? Math.Min(s.S, 1) : s.S;
+        if (s.L == 1 && keys >= SdpaDecodeMinKeys && keys > 0) { SdpaDecode(a, keys); return; }
+
         var (blockM, _, defines) = SdpaConfig(s.E, s.Ev);
         Launch("sdpa.cl", defines, "sdpa_forward", [RoundUp(s.L, blockM), (long)s.B * s.Hq], [blockM, 1],
         [
@@ -29,5 +68,26 @@ internal abstract partial class KernelBackend : ISdpaBackend
             s.Hq, s.Hkv, s.L, s.S, s.Scale, s.Causal, a.Mask is not null,
             s.MaskStrideB, s.MaskStrideH, s.MaskStrideL, s.MaskStrideS,
         ]);
+    }
+
+    /// <summary>Split-key decoding (L == 1): partial softmax per chunk of keys, then a combine per (b, h) (flash-decoding).</summary>
+    private void SdpaDecode(in SdpaForwardArgs a, int keys)
+    {
+        var s = a.Shape;
+        int chunk = SdpaDecodeChunk;
+        int wg = Math.Min(64, MaxWorkGroupSize);
+        int nsplit = (keys + chunk - 1) / chunk;
+        long rows = (long)s.B * s.Hq;
+        string defines = $"-DHEAD_DIM={s.E} -DHEAD_DIM_V={s.Ev} -DDEC_CHUNK={chunk} -DDEC_WG={wg}";
+        var partAcc = Scratch(ref _partAcc, rows * nsplit * s.Ev);
+        var partMl = Scratch(ref _partMl, rows * nsplit * 2);
+        Launch("sdpa.cl", defines, "sdpa_decode_partial", [(long)nsplit * wg, rows], [wg, 1],
+        [
+            KernelArg.Of(a.Q), KernelArg.Of(a.K), KernelArg.Of(a.V), KernelArg.Of(a.Mask), KernelArg.Of(partAcc), KernelArg.Of(partMl),
+            s.Hq, s.Hkv, s.S, s.Scale, s.Causal, a.Mask is not null,
+            s.MaskStrideB, s.MaskStrideH, s.MaskStrideS, nsplit,
+        ]);
+        Launch("sdpa.cl", defines, "sdpa_decode_combine", [rows * wg], [wg],
+            [KernelArg.Of(partAcc), KernelArg.Of(partMl), KernelArg.Of(a.Out), KernelArg.Of(a.Lse), nsplit]);
     }
 }

@@ -206,6 +206,7 @@ internal sealed unsafe partial class OpenClBackend : KernelBackend
         try { if (!_queue.IsClosed) Cl.clFinish(_queue.Raw); } catch (ObjectDisposedException) { }
         Programs.Dispose();
         _dummy?.Dispose();
+        DisposeScratch();
         _queue.Dispose();
         _context.Dispose();
     }
