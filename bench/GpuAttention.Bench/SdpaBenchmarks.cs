@@ -5,7 +5,7 @@ namespace GpuAttention.Bench;
 
 /// <summary>
 /// Fused SDPA forward per backend. FLOPs = 2·B·H·L·S·(E+Ev) (causal not discounted), reported by the
-/// GFLOP/s column. The PyTorch peer on the same shapes is bench/peers/sdpa_torch.py (run by bench/compare.sh).
+/// GFLOP/s column. The PyTorch peer on the same shapes, in the same run, is bench/compare.py.
 /// </summary>
 [Config(typeof(GflopsConfig))]
 public class SdpaForwardBenchmark : IFlopCount
