@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Text.Json;
 using GpuAttention.Cli.Ops;
 using GpuAttention.IO;
@@ -12,6 +11,7 @@ public static class Program
         usage:
           gpuattention run OP --backend BACKEND --in DIR --out DIR [options] [--warmup N] [--repeat N]
           gpuattention devices
+          gpuattention verify [--backend BACKEND] [--seed N]
           gpuattention demo [--backend B] [--image PATH] [--out DIR]
         OP: {0}
         BACKEND: cpu | opencl[:K] | cuda[:K] | auto
@@ -38,7 +38,8 @@ public static class Program
                 "run" => Run(args.AsSpan(1)),
                 "devices" => Devices(),
                 "demo" => DemoCommand.Run(args[1..]),
-                _ => throw new UsageException($"unknown command '{args[0]}' (expected run, devices or demo)"),
+                "verify" => Verify.VerifyCommand.Run(args.AsSpan(1)),
+                _ => throw new UsageException($"unknown command '{args[0]}' (expected run, devices, verify or demo)"),
             };
         }
         catch (UsageException e) { return Fail(2, e.Message + "\n" + UsageText()); }
@@ -83,13 +84,8 @@ public static class Program
         var times = new List<double>();
         if (o.Repeat is int n)
         {
-            for (int i = 0; i < n; i++)
-            {
-                long t0 = Stopwatch.GetTimestamp();
-                prepared.Launch();
-                device.Synchronize();
-                times.Add(Stopwatch.GetElapsedTime(t0).TotalMilliseconds);
-            }
+            // Device-side events where the backend has them (CUDA), else a host stopwatch around launch + synchronise.
+            for (int i = 0; i < n; i++) times.Add(device.TimeMs(prepared.Launch));
         }
         else if (o.Warmup == 0)
         {
@@ -107,7 +103,7 @@ public static class Program
     }
 
     /// <summary>Unknown backend words are usage errors (exit 2); a known backend that is absent is exit 1.</summary>
-    private static void ValidateBackendName(string b)
+    internal static void ValidateBackendName(string b)
     {
         string s = b.ToLowerInvariant();
         int c = s.IndexOf(':');

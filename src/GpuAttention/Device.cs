@@ -1,5 +1,7 @@
 using GpuAttention.Backends;
 using GpuAttention.Backends.Cpu;
+using GpuAttention.Backends.Cuda;
+using GpuAttention.Backends.Cuda.Native;
 using GpuAttention.Backends.OpenCL;
 
 namespace GpuAttention;
@@ -59,7 +61,7 @@ public sealed partial class Device : IDisposable
         {
             "cpu" => index == 0 ? new Device(new CpuBackend(), "cpu") : throw new BackendUnavailableException($"cpu:{index}: there is only one managed CPU device (cpu)"),
             "opencl" => new Device(OpenClBackend.Create(index), $"opencl:{index}"),
-            "cuda" => throw new BackendUnavailableException(CudaUnavailableReason()),
+            "cuda" => new Device(CudaBackend.Create(index), $"cuda:{index}"),
             _ => throw new ArgumentException($"backend: expected cpu, opencl[:K], cuda[:K] or auto, got '{spec}'", nameof(spec)),
         };
     }
@@ -75,6 +77,8 @@ public sealed partial class Device : IDisposable
 
     private static Device OpenAuto()
     {
+        try { return new Device(CudaBackend.Create(0), "cuda:0"); }
+        catch (Exception e) when (e is BackendUnavailableException or CudaException) { }
         try
         {
             var devices = OpenClBackend.Enumerate();
@@ -84,8 +88,6 @@ public sealed partial class Device : IDisposable
         catch (BackendUnavailableException) { }
         return new Device(new CpuBackend(), "cpu");
     }
-
-    internal static string CudaUnavailableReason() => "cuda: the CUDA backend is not part of this build yet";
 
     /// <summary>Lists every backend and device found, and why a missing one is missing.</summary>
     public static IReadOnlyList<DeviceDescription> Probe()
@@ -102,7 +104,20 @@ public sealed partial class Device : IDisposable
         {
             list.Add(new("opencl", BackendKind.OpenCL, "", false, e.Message));
         }
-        list.Add(new("cuda", BackendKind.Cuda, "", false, CudaUnavailableReason()));
+        try
+        {
+            var devices = CudaBackend.Enumerate();
+            string? nvrtc = CudaBackend.NvrtcProblem();
+            if (devices.Count == 0) list.Add(new("cuda", BackendKind.Cuda, "", false, "cuda: the driver reports no CUDA device"));
+            for (int i = 0; i < devices.Count; i++)
+                list.Add(new($"cuda:{i}", BackendKind.Cuda, devices[i].Description, nvrtc is null, nvrtc));
+        }
+        catch (Exception e) when (e is BackendUnavailableException or CudaException)
+        {
+            // Say every missing library: the driver's and, when it is missing too, NVRTC's.
+            string? nvrtc = CudaBackend.NvrtcProblem();
+            list.Add(new("cuda", BackendKind.Cuda, "", false, nvrtc is null ? e.Message : e.Message + "; " + nvrtc));
+        }
         return list;
     }
 

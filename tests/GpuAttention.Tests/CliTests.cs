@@ -24,7 +24,7 @@ public class CliTests
     }
 
     [Test]
-    public void RunSdpaWritesOutAndLseMatchingTheReference([Values("cpu", "opencl")] string backend)
+    public void RunSdpaWritesOutAndLseMatchingTheReference([Values("cpu", "opencl", "cuda")] string backend)
     {
         if (backend != "cpu") { using var _ = TestUtil.OpenOrIgnore(backend); }
         var rng = new Random(11);

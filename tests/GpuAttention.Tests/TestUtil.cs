@@ -26,5 +26,5 @@ internal static class TestUtil
         Assert.That(rel, Is.LessThanOrEqualTo(bound), $"{what}: relative error {rel:E3} > {bound:E1} (max abs {ReferenceOps.MaxAbsError(actual, reference):E3})");
     }
 
-    public static readonly string[] Backends = ["cpu", "opencl"];
+    public static readonly string[] Backends = ["cpu", "opencl", "cuda"];
 }

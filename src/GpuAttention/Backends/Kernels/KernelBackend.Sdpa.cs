@@ -35,19 +35,40 @@ internal abstract partial class KernelBackend : ISdpaBackend
     }
 
     /// <summary>Tile sizes and the -D defines of kernels/sdpa.cl for head dims (e, ev) on this device.</summary>
-    internal (int BlockM, int BlockN, string Defines) SdpaConfig(int e, int ev)
+    internal (int BlockM, int BlockN, string Defines) SdpaConfig(int e, int ev) =>
+        SdpaTileOverride is { } t ? (t.BlockM, t.BlockN, SdpaDefines(e, ev, t.BlockM, t.BlockN)) : SdpaConfig(e, ev, Limits);
+
+    /// <summary>Tile sizes and the -D defines of kernels/sdpa.cl for head dims (e, ev) on a device with <paramref name="d"/>.</summary>
+    internal static (int BlockM, int BlockN, string Defines) SdpaConfig(int e, int ev, KernelDeviceLimits d)
     {
-        if (SdpaTileOverride is { } t)
-            return (t.BlockM, t.BlockN, SdpaDefines(e, ev, t.BlockM, t.BlockN));
         int blockM = 32;
-        while (blockM > 1 && blockM > MaxWorkGroupSize) blockM /= 2;
+        while (blockM > 1 && blockM > d.MaxWorkGroupSize) blockM /= 2;
         int blockN = e + ev <= 128 ? 64 : e + ev <= 256 ? 32 : e + ev <= 512 ? 16 : 8;
-        long localBudget = Math.Min(LocalMemBytes > 0 ? LocalMemBytes : 32 * 1024, 32 * 1024);
+        long localBudget = Math.Min(d.LocalMemBytes > 0 ? d.LocalMemBytes : 32 * 1024, 32 * 1024);
         while (blockN > 1 && (long)blockN * (e + ev) * sizeof(float) > localBudget) blockN /= 2;
         return (blockM, blockN, SdpaDefines(e, ev, blockM, blockN));
     }
 
     private static string SdpaDefines(int e, int ev, int blockM, int blockN) => $"-DHEAD_DIM={e} -DHEAD_DIM_V={ev} -DBLOCK_M={blockM} -DBLOCK_N={blockN}";
+
+    private const int DecodeWorkGroup = 64;
+
+    private static string SdpaDecodeDefines(int e, int ev, int chunk, int wg) => $"-DHEAD_DIM={e} -DHEAD_DIM_V={ev} -DDEC_CHUNK={chunk} -DDEC_WG={wg}";
+
+    /// <summary>Head dims (E, Ev) whose SDPA kernels the compile checks build: every E of a representative list with Ev = E, and some E != Ev.</summary>
+    internal static readonly (int E, int Ev)[] SdpaShippedHeadDims =
+    [
+        (1, 1), (3, 3), (16, 16), (17, 17), (32, 32), (64, 64), (65, 65), (96, 96), (128, 128), (200, 200), (256, 256),
+        (3, 5), (17, 23), (128, 96), (200, 256),
+    ];
+
+    /// <summary>The sdpa.cl configurations the host code launches on a device with <paramref name="d"/> (see <see cref="ShippedKernelConfigs"/>).</summary>
+    private static IEnumerable<KernelConfig> SdpaShippedConfigs(KernelDeviceLimits d) =>
+        SdpaShippedHeadDims.SelectMany(h => new[]
+        {
+            new KernelConfig("sdpa.cl", SdpaConfig(h.E, h.Ev, d).Defines, ["sdpa_forward"]),
+            new KernelConfig("sdpa.cl", SdpaDecodeDefines(h.E, h.Ev, 128, Math.Min(DecodeWorkGroup, d.MaxWorkGroupSize)), ["sdpa_decode_partial", "sdpa_decode_combine"]),
+        });
 
     /// <summary>Enqueues the fused SDPA forward (does not wait).</summary>
     public void SdpaForward(in SdpaForwardArgs a)
@@ -75,10 +96,10 @@ internal abstract partial class KernelBackend : ISdpaBackend
     {
         var s = a.Shape;
         int chunk = SdpaDecodeChunk;
-        int wg = Math.Min(64, MaxWorkGroupSize);
+        int wg = Math.Min(DecodeWorkGroup, MaxWorkGroupSize);
         int nsplit = (keys + chunk - 1) / chunk;
         long rows = (long)s.B * s.Hq;
-        string defines = $"-DHEAD_DIM={s.E} -DHEAD_DIM_V={s.Ev} -DDEC_CHUNK={chunk} -DDEC_WG={wg}";
+        string defines = SdpaDecodeDefines(s.E, s.Ev, chunk, wg);
         var partAcc = Scratch(ref _partAcc, rows * nsplit * s.Ev);
         var partMl = Scratch(ref _partMl, rows * nsplit * 2);
         Launch("sdpa.cl", defines, "sdpa_decode_partial", [(long)nsplit * wg, rows], [wg, 1],

@@ -23,6 +23,19 @@ internal readonly struct KernelArg
     public static implicit operator KernelArg(bool x) => new(KernelArgKind.Int32, null, x ? 1 : 0, 0);
 }
 
+/// <summary>One compiled configuration of a kernel file: the -D defines the host code passes and the kernels it launches from it.</summary>
+internal readonly record struct KernelConfig(string File, string Defines, string[] Kernels)
+{
+    public override string ToString() => $"{File} {Defines}";
+}
+
+/// <summary>The device properties that tile choices (and so the -D defines) depend on.</summary>
+internal readonly record struct KernelDeviceLimits(int MaxWorkGroupSize, long LocalMemBytes, bool IsGpu)
+{
+    /// <summary>A typical CUDA GPU: 1024 threads per block, 48 KiB of static shared memory per block.</summary>
+    public static KernelDeviceLimits CudaGpu => new(1024, 48 * 1024, true);
+}
+
 /// <summary>
 /// The common base of the backends that run the kernels of <c>kernels/*.cl</c> (OpenCL, and CUDA through NVRTC):
 /// they provide memory and <see cref="Launch"/>; the host side of each op family (tile choice, -D defines,
@@ -55,7 +68,27 @@ internal abstract partial class KernelBackend : IBackend
     /// </summary>
     public abstract void Launch(string file, string defines, string kernel, ReadOnlySpan<long> global, ReadOnlySpan<int> local, ReadOnlySpan<KernelArg> args);
 
+    /// <summary>This device's <see cref="KernelDeviceLimits"/>.</summary>
+    public KernelDeviceLimits Limits => new(MaxWorkGroupSize, LocalMemBytes, IsGpu);
+
     public bool SupportsOp(OpKind op) => OpSupport.Implements(this, op);
+
+    /// <summary>
+    /// Extension point for the compile checks: every (file, defines) configuration the op families' host code would
+    /// launch on a device with <paramref name="limits"/>, over a representative range of shapes. The test suite
+    /// compiles each through NVRTC (CUDA prelude, compute_80 and compute_90) and through OpenCL, so a kernel that
+    /// would not build fails the suite before anyone reaches a GPU. An op family adds one line to
+    /// <see cref="ShippedConfigFamilies"/>: a static method of its <c>KernelBackend.&lt;Family&gt;.cs</c> that
+    /// yields its configurations through the same function its launch code uses to choose the defines.
+    /// </summary>
+    internal static IEnumerable<KernelConfig> ShippedKernelConfigs(KernelDeviceLimits limits) =>
+        ShippedConfigFamilies.SelectMany(f => f(limits)).DistinctBy(c => (c.File, c.Defines));
+
+    /// <summary>One entry per op family (see <see cref="ShippedKernelConfigs"/>).</summary>
+    private static readonly Func<KernelDeviceLimits, IEnumerable<KernelConfig>>[] ShippedConfigFamilies =
+    [
+        SdpaShippedConfigs,
+    ];
 
     /// <summary>Rounds <paramref name="n"/> up to a multiple of <paramref name="m"/>.</summary>
     protected static long RoundUp(long n, long m) => (n + m - 1) / m * m;

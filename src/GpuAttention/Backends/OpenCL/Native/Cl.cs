@@ -156,12 +156,10 @@ internal static unsafe partial class Cl
         {
             if (NativeLibrary.TryLoad(name, out var h))
             {
-                // An assembly may have only one DllImport resolver. It answers for "OpenCL" only and defers
-                // every other name (a future CUDA binding must register through the same resolver or use its own assembly).
+                // An assembly may have only one DllImport resolver: it is shared with the CUDA bindings (NativeImports).
                 try
                 {
-                    NativeLibrary.SetDllImportResolver(typeof(Cl).Assembly,
-                        (lib, _, _) => lib == Lib ? h : nint.Zero);
+                    NativeImports.Register(Lib, h);
                 }
                 catch (InvalidOperationException)
                 {
