@@ -7,6 +7,7 @@ internal static class OpSupport
     {
         OpKind.Sdpa => backend is ISdpaBackend,
         OpKind.SdpaBackward => backend is ISdpaBackwardBackend,
+        OpKind.Gemm => backend is IGemmBackend,
         // One line per op family; each family's interface lives beside its args (Backends/*Args.cs).
         _ => false,
     };
