@@ -22,6 +22,7 @@ public static class Program
     internal static readonly IReadOnlyDictionary<string, ICliOp> Ops = new ICliOp[]
     {
         new SdpaOp(),
+        new SdpaBackwardOp(),
     }.ToDictionary(o => o.Name);
 
     public static int Main(string[] args)

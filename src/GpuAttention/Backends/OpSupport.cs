@@ -6,6 +6,8 @@ internal static class OpSupport
     public static bool Implements(IBackend backend, OpKind op) => op switch
     {
         OpKind.Sdpa => backend is ISdpaBackend,
+        OpKind.SdpaBackward => backend is ISdpaBackwardBackend,
+        OpKind.Gemm => backend is IGemmBackend,
         // One line per op family; each family's interface lives beside its args (Backends/*Args.cs).
         _ => false,
     };

@@ -1,0 +1,169 @@
+using System.Numerics.Tensors;
+
+namespace GpuAttention.Backends.Cpu;
+
+/// <summary>
+/// Fused SDPA backward on the CPU, FlashAttention-2's structure (Dao 2023, arXiv:2307.08691) without atomics:
+/// (1) D = rowsum(dO∘O) per query row; (2) work items (batch, key head, block of <see cref="BwdKeyBlock"/> keys) own
+/// their dK/dV rows and walk the query blocks of every query head of the GQA group; (3) work items (batch, query head,
+/// block of <see cref="BwdQueryBlock"/> queries) own their dQ rows and walk the key blocks. Both passes recompute
+/// P = exp(scale·q·kᵀ + mask − lse) and dS = P∘(dO·vᵀ − D) tile by tile in thread-local scratch (never L×S), and skip
+/// tiles that causal masking hides entirely. Tiles reuse the forward's register-blocked SIMD micro-kernels.
+/// </summary>
+internal sealed unsafe partial class CpuBackend : ISdpaBackwardBackend
+{
+    internal const int BwdQueryBlock = 64;
+    internal const int BwdKeyBlock = 64;
+
+    [ThreadStatic] private static float[]? t_bwdScratch;
+
+    public void SdpaBackward(in SdpaBackwardArgs a)
+    {
+        var s = a.Shape;
+        float* dq = Ptr(a.GradQ), dk = Ptr(a.GradK), dv = Ptr(a.GradV);
+        // Outputs that no work item reaches (L == 0 leaves dK, dV zero; S == 0 leaves dQ zero) must still be written.
+        Clear(dq, a.GradQ.Length); Clear(dk, a.GradK.Length); Clear(dv, a.GradV.Length);
+        if (s.B == 0 || s.Hq == 0 || s.L == 0 || s.S == 0) return;
+
+        var shape = s;
+        nint qp = (nint)Ptr(a.Q), kp = (nint)Ptr(a.K), vp = (nint)Ptr(a.V), mp = (nint)Ptr(a.Mask), op = (nint)Ptr(a.Out),
+             lp = (nint)Ptr(a.Lse), gop = (nint)Ptr(a.GradOut), dqp = (nint)dq, dkp = (nint)dk, dvp = (nint)dv;
+
+        using var dBuf = new CpuBuffer((long)s.B * s.Hq * s.L);
+        nint dp = (nint)dBuf.Pointer;
+        long rows = (long)s.B * s.Hq * s.L;
+        const int RowChunk = 256;
+        Parallel.For(0L, (rows + RowChunk - 1) / RowChunk, c =>
+        {
+            long r1 = Math.Min(rows, (c + 1) * RowChunk);
+            for (long r = c * RowChunk; r < r1; r++)
+                ((float*)dp)[r] = shape.Ev == 0 ? 0f : TensorPrimitives.Dot(new ReadOnlySpan<float>((float*)gop + r * shape.Ev, shape.Ev),
+                    new ReadOnlySpan<float>((float*)op + r * shape.Ev, shape.Ev));
+        });
+
+        int kBlocks = (s.S + BwdKeyBlock - 1) / BwdKeyBlock;
+        Parallel.For(0L, (long)s.B * s.Hkv * kBlocks, item =>
+        {
+            int kb = (int)(item % kBlocks);
+            long bhk = item / kBlocks;
+            KeyBlockGrads(shape, (int)(bhk / shape.Hkv), (int)(bhk % shape.Hkv), kb * BwdKeyBlock, (float*)qp, (float*)kp, (float*)vp,
+                (float*)mp, (float*)lp, (float*)gop, (float*)dp, (float*)dkp, (float*)dvp);
+        });
+
+        int qBlocks = (s.L + BwdQueryBlock - 1) / BwdQueryBlock;
+        Parallel.For(0L, (long)s.B * s.Hq * qBlocks, item =>
+        {
+            int qb = (int)(item % qBlocks);
+            long bh = item / qBlocks;
+            QueryBlockGrads(shape, (int)(bh / shape.Hq), (int)(bh % shape.Hq), qb * BwdQueryBlock, (float*)qp, (float*)kp, (float*)vp,
+                (float*)mp, (float*)lp, (float*)gop, (float*)dp, (float*)dqp);
+        });
+    }
+
+    private static void Clear(float* p, long n)
+    {
+        for (long i = 0; i < n; i += int.MaxValue) new Span<float>(p + i, (int)Math.Min(int.MaxValue, n - i)).Clear();
+    }
+
+    private static float* BwdScratch()
+    {
+        int need = 4 * KeyBlock * Math.Max(BwdQueryBlock, BwdKeyBlock);
+        var s = t_bwdScratch;
+        if (s is null) t_bwdScratch = s = GC.AllocateArray<float>(need, pinned: true);
+        return (float*)System.Runtime.CompilerServices.Unsafe.AsPointer(ref s[0]);
+    }
+
+    /// <summary>
+    /// Turns the score tile sc (qn×kn, row stride KeyBlock, raw q·k dots) into P in place, and the tile dp (dO·vᵀ) into
+    /// dS·scale = P∘(dP − D)·scale in place, for query rows i0.. of head (b, h) against keys j0...
+    /// </summary>
+    private static void ProbabilitiesAndDs(in SdpaShape s, int b, int h, int i0, int qn, int j0, int kn, float* sc, float* dp,
+        float* mask, float* lse, float* dRow)
+    {
+        long row0 = ((long)b * s.Hq + h) * s.L + i0;
+        long maskBase = b * s.MaskStrideB + h * s.MaskStrideH;
+        for (int r = 0; r < qn; r++)
+        {
+            var ps = new Span<float>(sc + r * KeyBlock, kn);
+            var ds = new Span<float>(dp + r * KeyBlock, kn);
+            float l = lse[row0 + r];
+            int i = i0 + r;
+            int keep = s.Causal ? Math.Clamp(i + 1 - j0, 0, kn) : kn;   // keys j0 + jj with jj < keep are visible
+            if (float.IsNegativeInfinity(l) || keep == 0) { ps.Clear(); ds.Clear(); continue; }
+            TensorPrimitives.Multiply(ps, s.Scale, ps);
+            if (mask != null)
+            {
+                float* mrow = mask + maskBase + (long)i * s.MaskStrideL;
+                if (s.MaskStrideS == 1) TensorPrimitives.Add(ps, new ReadOnlySpan<float>(mrow + j0, kn), ps);
+                else TensorPrimitives.Add(ps, mrow[0], ps);
+            }
+            TensorPrimitives.Subtract(ps, l, ps);
+            TensorPrimitives.Exp(ps, ps);
+            if (keep < kn) { ps[keep..].Clear(); }
+            TensorPrimitives.Subtract(ds, dRow[row0 + r], ds);
+            TensorPrimitives.Multiply(ds, ps, ds);
+            TensorPrimitives.Multiply(ds, s.Scale, ds);
+        }
+    }
+
+    /// <summary>dK, dV rows j0 .. j0+BwdKeyBlock of key head (b, hk), summed over the query heads of its group.</summary>
+    private static void KeyBlockGrads(in SdpaShape s, int b, int hk, int j0, float* q, float* k, float* v, float* mask, float* lse,
+        float* dout, float* dRow, float* dk, float* dv)
+    {
+        int kn = Math.Min(BwdKeyBlock, s.S - j0);
+        int E = s.E, Ev = s.Ev;
+        long kvRow = ((long)b * s.Hkv + hk) * s.S + j0;
+        float* kBlk = k + kvRow * E, vBlk = v + kvRow * Ev, dkBlk = dk + kvRow * E, dvBlk = dv + kvRow * Ev;
+        float* sc = BwdScratch();
+        float* dp = sc + BwdQueryBlock * KeyBlock;
+        float* pt = dp + BwdQueryBlock * KeyBlock;      // Pᵀ  [kn][qn], row stride KeyBlock
+        float* dst = pt + BwdKeyBlock * KeyBlock;       // dSᵀ [kn][qn]
+        // Causal: query rows i < j0 see none of these keys; start at the query block holding row j0.
+        int iStart = s.Causal ? j0 / BwdQueryBlock * BwdQueryBlock : 0;
+        for (int g = 0; g < s.Group; g++)
+        {
+            int h = hk * s.Group + g;
+            long qRow0 = ((long)b * s.Hq + h) * s.L;
+            for (int i0 = iStart; i0 < s.L; i0 += BwdQueryBlock)
+            {
+                int qn = Math.Min(BwdQueryBlock, s.L - i0);
+                float* qBlk = q + (qRow0 + i0) * E, doBlk = dout + (qRow0 + i0) * Ev;
+                Scores(qBlk, kBlk, sc, qn, kn, E);
+                Scores(doBlk, vBlk, dp, qn, kn, Ev);
+                ProbabilitiesAndDs(s, b, h, i0, qn, j0, kn, sc, dp, mask, lse, dRow);
+                for (int r = 0; r < qn; r++)
+                    for (int j = 0; j < kn; j++)
+                    {
+                        pt[j * KeyBlock + r] = sc[r * KeyBlock + j];
+                        dst[j * KeyBlock + r] = dp[r * KeyBlock + j];
+                    }
+                AccumulatePV(pt, doBlk, dvBlk, kn, qn, Ev);    // dV += Pᵀ dO
+                AccumulatePV(dst, qBlk, dkBlk, kn, qn, E);     // dK += scale dSᵀ Q
+            }
+        }
+    }
+
+    /// <summary>dQ rows i0 .. i0+BwdQueryBlock of query head (b, h).</summary>
+    private static void QueryBlockGrads(in SdpaShape s, int b, int h, int i0, float* q, float* k, float* v, float* mask, float* lse,
+        float* dout, float* dRow, float* dq)
+    {
+        int qn = Math.Min(BwdQueryBlock, s.L - i0);
+        int E = s.E, Ev = s.Ev;
+        int hk = h / s.Group;
+        long qRow = ((long)b * s.Hq + h) * s.L + i0;
+        long kvRow0 = ((long)b * s.Hkv + hk) * s.S;
+        float* qBlk = q + qRow * E, doBlk = dout + qRow * Ev, dqBlk = dq + qRow * E;
+        float* sc = BwdScratch();
+        float* dp = sc + BwdQueryBlock * KeyBlock;
+        int kEnd = s.Causal ? Math.Min(s.S, i0 + qn) : s.S;   // causal: later key blocks are hidden from every row here
+        for (int j0 = 0; j0 < kEnd; j0 += BwdKeyBlock)
+        {
+            int kn = Math.Min(BwdKeyBlock, kEnd - j0);
+            float* kBlk = k + (kvRow0 + j0) * E;
+            Scores(qBlk, kBlk, sc, qn, kn, E);
+            Scores(doBlk, v + (kvRow0 + j0) * Ev, dp, qn, kn, Ev);
+            ProbabilitiesAndDs(s, b, h, i0, qn, j0, kn, sc, dp, mask, lse, dRow);
+            AccumulatePV(dp, kBlk, dqBlk, qn, kn, E);   // dQ += scale dS K
+        }
+    }
+}
