@@ -13,7 +13,7 @@ public sealed class ShortConfig : ManualConfig
 /// <summary>
 /// Fused SDPA forward, backward and forward+backward, B1 H8 L=S E64 (non-causal). FLOPs: forward 4·B·H·L·S·E
 /// (2·L·S·(E+Ev)); backward counted as 2.5× forward, FlashAttention-2's convention. The PyTorch peer
-/// (autograd of matmul-softmax-matmul, 2 threads) is measured by tools/torch_sdpa_peer.py in the same session.
+/// (autograd of matmul-softmax-matmul, 2 threads) is measured by bench/peers/torch_sdpa_peer.py in the same session.
 /// </summary>
 [Config(typeof(ShortConfig))]
 public class SdpaBackwardBench

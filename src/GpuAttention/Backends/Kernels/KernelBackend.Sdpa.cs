@@ -32,6 +32,7 @@ internal abstract partial class KernelBackend : ISdpaBackend
     {
         _partAcc?.Dispose(); _partAcc = null;
         _partMl?.Dispose(); _partMl = null;
+        _dsum?.Dispose(); _dsum = null;
     }
 
     /// <summary>Tile sizes and the -D defines of kernels/sdpa.cl for head dims (e, ev) on this device.</summary>

@@ -88,6 +88,8 @@ internal abstract partial class KernelBackend : IBackend
     private static readonly Func<KernelDeviceLimits, IEnumerable<KernelConfig>>[] ShippedConfigFamilies =
     [
         SdpaShippedConfigs,
+        SdpaBackwardShippedConfigs,
+        GemmShippedConfigs,
     ];
 
     /// <summary>Rounds <paramref name="n"/> up to a multiple of <paramref name="m"/>.</summary>

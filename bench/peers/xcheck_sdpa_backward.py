@@ -1,7 +1,7 @@
 # Cross-checks `gpuattention run sdpa-backward` against PyTorch float64 autograd (by hand; the test suite needs no Python).
-# usage: python3 tools/xcheck_sdpa_backward.py   (after dotnet build)
+# usage: python3 bench/peers/xcheck_sdpa_backward.py   (after dotnet build)
 import numpy as np, torch, subprocess, os, tempfile, sys, json
-CLI = os.environ.get("GPUATTENTION_CLI", os.path.join(os.path.dirname(__file__), "../src/GpuAttention.Cli/bin/Debug/net10.0/gpuattention.dll"))
+CLI = os.environ.get("GPUATTENTION_CLI", os.path.join(os.path.dirname(__file__), "../../src/GpuAttention.Cli/bin/Debug/net10.0/gpuattention.dll"))
 def case(B,Hq,Hkv,L,S,E,Ev,causal=False,mask=None,scale=None,seed=0,backend="cpu"):
     rng=np.random.default_rng(seed)
     f=lambda *s: rng.uniform(-1,1,s).astype(np.float32)
