@@ -4,20 +4,20 @@ namespace GpuAttention;
 public enum GridSampleMode
 {
     /// <summary>Bilinear interpolation of the four neighbouring pixels.</summary>
-    Bilinear,
+    Bilinear = 0,
     /// <summary>The nearest pixel, ties rounded half to even (C's <c>nearbyint</c>, as PyTorch). Its grid gradient is zero.</summary>
-    Nearest,
+    Nearest = 1,
 }
 
 /// <summary>What a sample outside the image reads (PyTorch's <c>padding_mode</c>).</summary>
 public enum GridSamplePadding
 {
     /// <summary>Pixels outside the image are 0.</summary>
-    Zeros,
+    Zeros = 0,
     /// <summary>Coordinates are clamped to the image (NaN becomes 0, the first pixel).</summary>
-    Border,
+    Border = 1,
     /// <summary>Coordinates are reflected at the image border (at pixel centres with align_corners, else at the pixel edges), then clamped.</summary>
-    Reflection,
+    Reflection = 2,
 }
 
 /// <summary>
