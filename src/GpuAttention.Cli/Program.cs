@@ -22,6 +22,10 @@ public static class Program
     internal static readonly IReadOnlyDictionary<string, ICliOp> Ops = new ICliOp[]
     {
         new SdpaOp(),
+        new AffineGridOp(),
+        new AffineGridBackwardOp(),
+        new GridSampleOp(),
+        new GridSampleBackwardOp(),
     }.ToDictionary(o => o.Name);
 
     public static int Main(string[] args)
