@@ -1,5 +1,7 @@
 using System.Buffers;
 using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 
 namespace GpuAttention.Backends.Cpu;
 
@@ -127,6 +129,11 @@ internal sealed unsafe partial class CpuBackend : ISpatialBackend
         const int T = PointTile;
         int H = s.H, W = s.W;
         bool align = s.AlignCorners, nearest = s.Mode == GridSampleMode.Nearest;
+        if (Vector256.IsHardwareAccelerated && !nearest && s.Padding != GridSamplePadding.Reflection)
+        {
+            ResolveTileBilinear256(s, grid, theta, n, p0, count, ints, flts);
+            return;
+        }
         for (int i = 0; i < count; i++)
         {
             long p = p0 + i;
@@ -169,6 +176,88 @@ internal sealed unsafe partial class CpuBackend : ISpatialBackend
                 flts[k * T + i] = ((k & 1) == 1 ? ax : 1f - ax) * ((k >> 1) == 1 ? ay : 1f - ay);
             }
         }
+    }
+
+    /// <summary>
+    /// <see cref="ResolveTile"/> for bilinear with zeros or border padding, 8 points per step (same float arithmetic
+    /// as the scalar path: unnormalise, clamp with NaN → 0, floor, weights; indices clamped before conversion).
+    /// </summary>
+    private static void ResolveTileBilinear256(in GridSampleShape s, float* grid, float* theta, int n, long p0, int count, int* ints, float* flts)
+    {
+        const int T = PointTile;
+        int H = s.H, W = s.W;
+        bool align = s.AlignCorners;
+        float* cx = flts + 8 * T, cy = flts + 9 * T;          // coordinates (these rows are reused later as grad accumulators)
+        for (int i = 0; i < count; i++)
+        {
+            long p = p0 + i;
+            if (theta != null)
+            {
+                int oh = (int)(p / s.Wout), ow = (int)(p % s.Wout);
+                float bx = AffineBase(ow, s.Wout, align), by = AffineBase(oh, s.Hout, align);
+                float* t = theta + n * 6L;
+                cx[i] = t[0] * bx + t[1] * by + t[2];
+                cy[i] = t[3] * bx + t[4] * by + t[5];
+            }
+            else
+            {
+                float* g = grid + ((long)n * s.OutPoints + p) * 2;
+                cx[i] = g[0]; cy[i] = g[1];
+            }
+        }
+        int padded = (count + 7) & ~7;
+        for (int i = count; i < padded; i++) { cx[i] = 0; cy[i] = 0; }
+        bool border = s.Padding == GridSamplePadding.Border;
+        var one = Vector256.Create(1f);
+        var zero = Vector256<float>.Zero;
+        for (int i = 0; i < padded; i += 8)
+        {
+            var ix = Unnormalize256(Vector256.Load(cx + i), W, align, border, out var dx);
+            var iy = Unnormalize256(Vector256.Load(cy + i), H, align, border, out var dy);
+            dx.Store(flts + 6 * T + i); dy.Store(flts + 7 * T + i);
+            var fx = Vector256.Floor(ix); var fy = Vector256.Floor(iy);
+            var ax = ix - fx; var ay = iy - fy;
+            ax.Store(flts + 4 * T + i); ay.Store(flts + 5 * T + i);
+            var x0 = SafeIndex256(fx, W); var y0 = SafeIndex256(fy, H);
+            var wv = Vector256.Create(W); var hv = Vector256.Create(H);
+            for (int k = 0; k < 4; k++)
+            {
+                var xk = (k & 1) == 1 ? x0 + Vector256<int>.One : x0;
+                var yk = (k >> 1) == 1 ? y0 + Vector256<int>.One : y0;
+                var inside = Vector256.GreaterThanOrEqual(xk, Vector256<int>.Zero) & Vector256.LessThan(xk, wv)
+                           & Vector256.GreaterThanOrEqual(yk, Vector256<int>.Zero) & Vector256.LessThan(yk, hv);
+                (inside & (yk * wv + xk)).Store(ints + k * T + i);
+                inside.Store(ints + (4 + k) * T + i);
+                (((k & 1) == 1 ? ax : one - ax) * ((k >> 1) == 1 ? ay : one - ay)).Store(flts + k * T + i);
+            }
+        }
+        _ = zero;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> Unnormalize256(Vector256<float> c, int size, bool align, bool border, out Vector256<float> d)
+    {
+        Vector256<float> x;
+        if (align) { d = Vector256.Create((size - 1) * 0.5f); x = (c + Vector256.Create(1f)) * Vector256.Create(0.5f) * Vector256.Create((float)(size - 1)); }
+        else { d = Vector256.Create(size * 0.5f); x = ((c + Vector256.Create(1f)) * Vector256.Create((float)size) - Vector256.Create(1f)) * Vector256.Create(0.5f); }
+        if (border)
+        {
+            var max = Vector256.Create((float)(size - 1));
+            var gt0 = Vector256.GreaterThan(x, Vector256<float>.Zero);      // false for NaN
+            var geMax = Vector256.GreaterThanOrEqual(x, max);
+            d = Vector256.ConditionalSelect(gt0 & ~geMax, d, Vector256<float>.Zero);
+            x = Vector256.ConditionalSelect(gt0, Vector256.ConditionalSelect(geMax, max, x), Vector256<float>.Zero);
+        }
+        return x;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<int> SafeIndex256(Vector256<float> f, int size)
+    {
+        var lo = Vector256.Create(-2f); var hi = Vector256.Create((float)(size + 1));
+        f = Vector256.ConditionalSelect(Vector256.GreaterThanOrEqual(f, lo), f, lo);   // NaN → -2
+        f = Vector256.ConditionalSelect(Vector256.LessThanOrEqual(f, hi), f, hi);
+        return Vector256.ConvertToInt32(f);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -220,7 +309,24 @@ internal sealed unsafe partial class CpuBackend : ISpatialBackend
     private static void SampleBilinear(float* src, float* dst, int count, int* ints, float* w)
     {
         const int T = PointTile;
-        for (int i = 0; i < count; i++)
+        int i = 0;
+        if (Avx2.IsSupported && Fma.IsSupported)
+        {
+            // 8 points at a time: masked gathers (out-of-image lanes are not read and give +0), 4 FMAs
+            for (; i + 8 <= count; i += 8)
+            {
+                var acc = Vector256<float>.Zero;
+                for (int k = 0; k < 4; k++)
+                {
+                    var idx = Avx.LoadVector256(ints + k * T + i);
+                    var m = Avx.LoadVector256(ints + (4 + k) * T + i).AsSingle();
+                    var v = Avx2.GatherMaskVector256(Vector256<float>.Zero, src, idx, m, 4);
+                    acc = Fma.MultiplyAdd(Avx.LoadVector256(w + k * T + i), v, acc);
+                }
+                Avx.Store(dst + i, acc);
+            }
+        }
+        for (; i < count; i++)
         {
             float v0 = Masked(src[ints[i]], ints[4 * T + i]);
             float v1 = Masked(src[ints[T + i]], ints[5 * T + i]);
@@ -341,7 +447,36 @@ internal sealed unsafe partial class CpuBackend : ISpatialBackend
     {
         const int T = PointTile;
         float* gx = f + 8 * T, gy = f + 9 * T;
-        for (int i = 0; i < count; i++)
+        int i = 0;
+        if (Avx2.IsSupported && Fma.IsSupported)
+        {
+            var one = Vector256.Create(1f);
+            for (; i + 8 <= count; i += 8)
+            {
+                // grid gradient for 8 points with masked gathers ...
+                var g = Avx.LoadVector256(gout + i);
+                var v0 = Avx2.GatherMaskVector256(Vector256<float>.Zero, src, Avx.LoadVector256(ints + i), Avx.LoadVector256(ints + 4 * T + i).AsSingle(), 4);
+                var v1 = Avx2.GatherMaskVector256(Vector256<float>.Zero, src, Avx.LoadVector256(ints + T + i), Avx.LoadVector256(ints + 5 * T + i).AsSingle(), 4);
+                var v2 = Avx2.GatherMaskVector256(Vector256<float>.Zero, src, Avx.LoadVector256(ints + 2 * T + i), Avx.LoadVector256(ints + 6 * T + i).AsSingle(), 4);
+                var v3 = Avx2.GatherMaskVector256(Vector256<float>.Zero, src, Avx.LoadVector256(ints + 3 * T + i), Avx.LoadVector256(ints + 7 * T + i).AsSingle(), 4);
+                var ax = Avx.LoadVector256(f + 4 * T + i);
+                var ay = Avx.LoadVector256(f + 5 * T + i);
+                var tx = (v1 - v0) * (one - ay) + (v3 - v2) * ay;
+                var ty = (v2 - v0) * (one - ax) + (v3 - v1) * ax;
+                Avx.Store(gx + i, Fma.MultiplyAdd(g, tx, Avx.LoadVector256(gx + i)));
+                Avx.Store(gy + i, Fma.MultiplyAdd(g, ty, Avx.LoadVector256(gy + i)));
+                // ... then the scatter, in point order (scalar: two points may share a pixel)
+                for (int j = i; j < i + 8; j++)
+                {
+                    float gj = gout[j];
+                    gin[ints[j]] += Masked(f[j] * gj, ints[4 * T + j]);
+                    gin[ints[T + j]] += Masked(f[T + j] * gj, ints[5 * T + j]);
+                    gin[ints[2 * T + j]] += Masked(f[2 * T + j] * gj, ints[6 * T + j]);
+                    gin[ints[3 * T + j]] += Masked(f[3 * T + j] * gj, ints[7 * T + j]);
+                }
+            }
+        }
+        for (; i < count; i++)
         {
             float g = gout[i];
             int o0 = ints[i], o1 = ints[T + i], o2 = ints[2 * T + i], o3 = ints[3 * T + i];
