@@ -11,6 +11,7 @@
 //   BARRIER()                   work-group barrier with local memory fence
 //   LID(d) GID(d) GRP(d) LSZ(d) NGRP(d)   local id, global id, group id, local size, group count
 //   EXP LOG FMAX FMIN FABS SQRT FLOOR ROUND   float math
+//   FMOD(a, b)                  C fmod (result has the sign of a); NAN_F a quiet NaN
 //   NEG_INF, POS_INF            float infinities
 //   int64 / uint64              64-bit integers for element offsets
 #ifdef CUDA
@@ -35,6 +36,8 @@
   #define SQRT(x) sqrtf(x)
   #define FLOOR(x) floorf(x)
   #define ROUND(x) rintf(x)
+  #define FMOD(a, b) fmodf(a, b)
+  #define NAN_F (__int_as_float(0x7fffffff))
   #define NEG_INF (-__int_as_float(0x7f800000))
   #define POS_INF (__int_as_float(0x7f800000))
   typedef long long int64;
@@ -61,6 +64,8 @@
   #define SQRT(x) sqrt(x)
   #define FLOOR(x) floor(x)
   #define ROUND(x) rint(x)
+  #define FMOD(a, b) fmod(a, b)
+  #define NAN_F (NAN)
   #define NEG_INF (-INFINITY)
   #define POS_INF (INFINITY)
   typedef long int64;

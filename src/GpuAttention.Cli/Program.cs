@@ -23,6 +23,10 @@ public static class Program
     {
         new SdpaOp(),
         new SdpaBackwardOp(),
+        new AffineGridOp(),
+        new AffineGridBackwardOp(),
+        new GridSampleOp(),
+        new GridSampleBackwardOp(),
     }.ToDictionary(o => o.Name);
 
     public static int Main(string[] args)

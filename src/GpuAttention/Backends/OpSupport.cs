@@ -8,6 +8,7 @@ internal static class OpSupport
         OpKind.Sdpa => backend is ISdpaBackend,
         OpKind.SdpaBackward => backend is ISdpaBackwardBackend,
         OpKind.Gemm => backend is IGemmBackend,
+        OpKind.AffineGrid or OpKind.AffineGridBackward or OpKind.GridSample or OpKind.GridSampleBackward => backend is ISpatialBackend,
         // One line per op family; each family's interface lives beside its args (Backends/*Args.cs).
         _ => false,
     };

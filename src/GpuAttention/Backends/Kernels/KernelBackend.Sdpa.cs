@@ -33,6 +33,8 @@ internal abstract partial class KernelBackend : ISdpaBackend
         _partAcc?.Dispose(); _partAcc = null;
         _partMl?.Dispose(); _partMl = null;
         _dsum?.Dispose(); _dsum = null;
+        _spatialGridGrad?.Dispose(); _spatialGridGrad = null;
+        _spatialPartial?.Dispose(); _spatialPartial = null;
     }
 
     /// <summary>Tile sizes and the -D defines of kernels/sdpa.cl for head dims (e, ev) on this device.</summary>

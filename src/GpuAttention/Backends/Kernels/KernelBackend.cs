@@ -90,6 +90,7 @@ internal abstract partial class KernelBackend : IBackend
         SdpaShippedConfigs,
         SdpaBackwardShippedConfigs,
         GemmShippedConfigs,
+        SpatialShippedConfigs,
     ];
 
     /// <summary>Rounds <paramref name="n"/> up to a multiple of <paramref name="m"/>.</summary>
