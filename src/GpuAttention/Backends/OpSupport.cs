@@ -6,6 +6,7 @@ internal static class OpSupport
     public static bool Implements(IBackend backend, OpKind op) => op switch
     {
         OpKind.Sdpa => backend is ISdpaBackend,
+        OpKind.Glimpse or OpKind.GlimpseBackward => backend is IGlimpseBackend,
         // One line per op family; each family's interface lives beside its args (Backends/*Args.cs).
         _ => false,
     };
