@@ -22,6 +22,8 @@ public static class Program
     internal static readonly IReadOnlyDictionary<string, ICliOp> Ops = new ICliOp[]
     {
         new SdpaOp(),
+        new GlimpseOp(),
+        new GlimpseBackwardOp(),
     }.ToDictionary(o => o.Name);
 
     public static int Main(string[] args)
