@@ -38,6 +38,10 @@
 #define REDUCE_WG 64
 #endif
 #define GLIMPSE_EPS 1e-8f
+// Normalised weights below this are stored as 0: products of two of them would be denormal (slow on CPUs, flushed on GPUs).
+#ifndef GLIMPSE_FLUSH
+#define GLIMPSE_FLUSH 1e-15f
+#endif
 
 #define WG_M (TILE_M / WPT_M)
 #define WG_N (TILE_N / WPT_N)
@@ -64,7 +68,10 @@ KERNEL glimpse_filterbank(GLOBAL const float* RESTRICT params, GLOBAL float* RES
         z += e;
     }
     const float inv = 1.0f / (z + GLIMPSE_EPS);
-    for (int c = 0; c < size; c++) a[(int64)c * m + r] *= inv;
+    for (int c = 0; c < size; c++) {
+        const float v = a[(int64)c * m + r] * inv;
+        a[(int64)c * m + r] = v < GLIMPSE_FLUSH ? 0.0f : v;
+    }
 }
 
 // C[b][i, j] = scale[b / divS] * sum_{s < nsum} sum_{k < K} A(b, s, i, k) * B(b, s, k, j)   (scale = 1 when !has_scale)

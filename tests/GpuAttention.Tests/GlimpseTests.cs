@@ -137,6 +137,23 @@ public class GlimpseTests(string backend)
     }
 
     [Test]
+    public void FarOutsideTheImageReadsZerosAndFiniteGradients()
+    {
+        var rng = new Random(8);
+        using var ti = _device.Upload(TestUtil.Random(rng, 1L * 2 * 9 * 10), 1, 2, 9, 10);
+        using var tp = _device.Upload(new float[] { -1000, 1.5f, 1, 2000, 2, 1 }, 1, 6);
+        using var o = _device.Glimpse(ti, tp, 3, 4);
+        Assert.That(_device.Download(o), Is.All.EqualTo(0f));
+        using var tg = _device.Upload(TestUtil.Random(rng, 1L * 2 * 3 * 4), 1, 2, 3, 4);
+        var (gi, gp) = _device.GlimpseBackward(ti, tp, tg);
+        using (gi) using (gp)
+        {
+            Assert.That(_device.Download(gi), Is.All.EqualTo(0f));
+            Assert.That(_device.Download(gp), Is.All.EqualTo(0f));
+        }
+    }
+
+    [Test]
     public void BackwardIsDeterministic()
     {
         var c = new Case(2, 9, 21, 22, 7, 8);

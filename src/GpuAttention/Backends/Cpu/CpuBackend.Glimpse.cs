@@ -30,6 +30,13 @@ internal sealed unsafe partial class CpuBackend : IGlimpseBackend
         return Math.Max(1, chunks);
     }
 
+    /// <summary>
+    /// Normalised filter weights below this are stored as 0 (as kernels/glimpse.cl does): products of two such weights would
+    /// be denormal floats, which cost ~100 cycles each on x86 (a 9× slowdown measured at σ = 2). A column sums to 1 unless the
+    /// whole Gaussian lies ~10σ outside the image, so the outputs change by at most ~size·1e-15 relative.
+    /// </summary>
+    internal const float FilterFlush = 1e-15f;
+
     /// <summary>Builds A[c, r] (row-major [size, m]) for one axis; the same float formula as the kernels.</summary>
     internal static void Filterbank(float* a, int size, int m, float u, float s, float d)
     {
@@ -44,7 +51,11 @@ internal sealed unsafe partial class CpuBackend : IGlimpseBackend
                 z += e;
             }
             float inv = 1f / (z + 1e-8f);
-            for (int c = 0; c < size; c++) a[(long)c * m + r] *= inv;
+            for (int c = 0; c < size; c++)
+            {
+                float v = a[(long)c * m + r] * inv;
+                a[(long)c * m + r] = v < FilterFlush ? 0f : v;
+            }
         }
     }
 
