@@ -9,6 +9,11 @@ two normalised Gaussian masks and two batched matmuls, gradients by autograd.
       and compares with float64 autograd (relative L2 error; contract: 1e-5 forward, 1e-4 backward).
   glimpse_torch.py bench [--n 16 --c 16 --size 128 --glimpse 32 --threads 2 --repeat 20]
       times float32 forward and forward+backward (autograd) on the CPU; prints one JSON line per measurement.
+  Debian's python3-torch links the reference BLAS (libblas.so.3 -> netlib); to time it on OpenBLAS without changing the
+  system, extract libopenblas0-pthread (apt-get download, dpkg-deb -x) and run with
+  LD_LIBRARY_PATH=<extracted>/usr/lib/x86_64-linux-gnu/openblas-pthread OPENBLAS_NUM_THREADS=2.
+  --flush-denormal 1 sets torch.set_flush_denormal(True): at sigma ~2 the masks hold denormal floats, which are slow on x86
+  (GpuAttention stores filter weights < 1e-15 as 0 for the same reason).
 Only the user runs this script; the test suite needs no Python.
 """
 import argparse, json, os, subprocess, sys, tempfile, time
@@ -79,6 +84,7 @@ def crosscheck(args):
 
 def bench(args):
     torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(bool(args.flush_denormal))
     N, C, S, G = args.n, args.c, args.size, args.glimpse
     g = torch.Generator().manual_seed(0)
     img = torch.rand(N, C, S, S, generator=g) * 2 - 1
@@ -105,7 +111,7 @@ def bench(args):
         gaussian_glimpse(ti, tp, G, G).backward(go)
     for name, fn, fl in (("forward", fwd, flops_fwd), ("forward+backward", bwd, flops_fwd + flops_bwd)):
         med, mn = timeit(fn)
-        print(json.dumps({"peer": "pytorch", "torch": torch.__version__, "threads": args.threads, "what": name,
+        print(json.dumps({"peer": "pytorch", "torch": torch.__version__, "threads": args.threads, "flush_denormal": bool(args.flush_denormal), "what": name,
                           "shape": f"N{N} C{C} {S}x{S}->{G}x{G}", "median_ms": round(med, 4), "min_ms": round(mn, 4),
                           "gflops": round(fl / med / 1e6, 2)}))
 
@@ -116,7 +122,7 @@ def main():
     c = sub.add_parser("crosscheck"); c.add_argument("--cli", required=True); c.add_argument("--backend", default="cpu")
     c.add_argument("--seed", type=int, default=12345); c.add_argument("--trials", type=int, default=6)
     b = sub.add_parser("bench")
-    for k, v in (("n", 16), ("c", 16), ("size", 128), ("glimpse", 32), ("threads", 2), ("repeat", 20)):
+    for k, v in (("n", 16), ("c", 16), ("size", 128), ("glimpse", 32), ("threads", 2), ("repeat", 20), ("flush_denormal", 0)):
         b.add_argument("--" + k, type=int, default=v)
     a = ap.parse_args()
     sys.exit(crosscheck(a) if a.cmd == "crosscheck" else bench(a))
