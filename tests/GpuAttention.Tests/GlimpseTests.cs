@@ -153,6 +153,21 @@ public class GlimpseTests(string backend)
         }
     }
 
+    /// <summary>The kernel backends' other tile choice (GPU tiles on a CPU OpenCL device, or the reverse), so both are tested here.</summary>
+    [Test]
+    public void OtherTileChoiceMatchesReference()
+    {
+        if (_device.Backend is not GpuAttention.Backends.Kernels.KernelBackend kb) { Assert.Ignore("no kernel tiles on the managed CPU backend"); return; }
+        kb.GlimpseGpuTiles = !kb.IsGpu;
+        try
+        {
+            BackwardMatchesReference(new Case(2, 3, 37, 29, 5, 11));
+            ForwardMatchesReference(new Case(2, 2, 19, 45, 13, 3));
+            ForwardMatchesReference(new Case(1, 2, 33, 35, 33, 35));
+        }
+        finally { kb.GlimpseGpuTiles = null; }
+    }
+
     [Test]
     public void BackwardIsDeterministic()
     {
