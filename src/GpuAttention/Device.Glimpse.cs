@@ -144,6 +144,7 @@ public sealed partial class Device
             using var gamma = be.Allocate(s.N);
             g.DrawParams(new DrawParamsArgs(s, m(draw)!, p, gamma));
             g.GlimpseForward(new GlimpseForwardArgs(s, m(image)!, p, gamma, m(output)!));
+            be.Synchronize();   // the scratch p, gamma are released next; queued kernels must not outlive them
         });
     }
 
@@ -183,6 +184,7 @@ public sealed partial class Device
                 g.GlimpseBackward(new GlimpseBackwardArgs(s, m(image)!, p, gamma, m(gradOut)!, m(gradImage)!, gp, glg));
             }
             g.DrawParamsBackward(new DrawParamsBackwardArgs(s, m(draw)!, gp, glg, m(gradDraw)!));
+            be.Synchronize();   // the scratch buffers are released next
         });
     }
 

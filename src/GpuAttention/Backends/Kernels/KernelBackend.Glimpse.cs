@@ -4,6 +4,34 @@ internal abstract partial class KernelBackend : IGlimpseBackend
 {
     private const int GlimpseReduceWg = 64;
 
+    /// <summary>
+    /// Scratch buffers (filterbanks, intermediate products) kept across calls, grow-only. They are not released while kernels
+    /// may still use them: oclgrind flagged reads of scratch released right after enqueueing (legal in OpenCL, but not
+    /// everywhere safe), and reuse saves an allocation per call. The in-order queue makes reuse by the next call safe.
+    /// </summary>
+    private readonly Dictionary<string, IDeviceBuffer> _glimpseScratch = new();
+
+    private IDeviceBuffer GlimpseScratch(string role, long elements)
+    {
+        if (_glimpseScratch.TryGetValue(role, out var b))
+        {
+            if (b.Length >= elements) return b;
+            Synchronize();                 // the old buffer may still be in use by queued kernels
+            b.Dispose();
+            _glimpseScratch.Remove(role);
+        }
+        b = Allocate(Math.Max(elements, 1));
+        _glimpseScratch[role] = b;
+        return b;
+    }
+
+    /// <summary>Releases the glimpse scratch buffers; the backend's Dispose calls it after its queue has finished.</summary>
+    protected void DisposeGlimpseScratch()
+    {
+        foreach (var b in _glimpseScratch.Values) b.Dispose();
+        _glimpseScratch.Clear();
+    }
+
     /// <summary>Tests set this to run the GPU tile choice on a CPU OpenCL device (null: by <see cref="IsGpu"/>).</summary>
     internal bool? GlimpseGpuTiles { get; set; }
 
@@ -44,17 +72,17 @@ internal abstract partial class KernelBackend : IGlimpseBackend
             [KernelArg.Of(parameters), KernelArg.Of(ay), KernelArg.Of(ax), s.H, s.W, s.Gh, s.Gw]);
     }
 
-    /// <summary>Forward: filterbanks, then two GEMM launches in the cheaper order (scratch released after enqueueing; the driver keeps it alive).</summary>
+    /// <summary>Forward: filterbanks, then two GEMM launches in the cheaper order.</summary>
     public void GlimpseForward(in GlimpseForwardArgs a)
     {
         var s = a.Shape;
         long N = s.N, C = s.C, H = s.H, W = s.W, h = s.Gh, w = s.Gw;
-        using var ay = Allocate(N * H * h);
-        using var ax = Allocate(N * W * w);
+        var ay = GlimpseScratch("ay", N * H * h);
+        var ax = GlimpseScratch("ax", N * W * w);
         GlimpseFilterbanks(s, a.Params, ay, ax);
         if (s.XFirst)
         {
-            using var t = Allocate(N * C * H * w);
+            var t = GlimpseScratch("t", N * C * H * w);
             // T[n] = img[n] [C·H, W] · Ax[n] [W, w]
             GlimpseGemm(new(a.Image, 1, C * H * W, 0, W, 1), new(ax, 1, W * w, 0, w, 1), t, C * H * w, w, s.N, s.C * s.H, s.Gw, s.W);
             // out[n, ch] = γ · Ay[n]ᵀ [h, H] · T[n, ch] [H, w]
@@ -62,7 +90,7 @@ internal abstract partial class KernelBackend : IGlimpseBackend
         }
         else
         {
-            using var u = Allocate(N * C * h * W);
+            var u = GlimpseScratch("u", N * C * h * W);
             // U[n, ch] = Ay[n]ᵀ [h, H] · img[n, ch] [H, W]
             GlimpseGemm(new(ay, s.C, H * h, 0, 1, h), new(a.Image, 1, H * W, 0, W, 1), u, h * W, W, s.N * s.C, s.Gh, s.W, s.H);
             // out[n] = γ · U[n] [C·h, W] · Ax[n] [W, w]
@@ -75,11 +103,11 @@ internal abstract partial class KernelBackend : IGlimpseBackend
     {
         var s = a.Shape;
         long N = s.N, C = s.C, H = s.H, W = s.W, h = s.Gh, w = s.Gw;
-        using var ay = Allocate(N * H * h);
-        using var ax = Allocate(N * W * w);
-        using var vu = Allocate(N * C * h * W);
-        using var day = Allocate(N * H * h);
-        using var dax = Allocate(N * W * w);
+        var ay = GlimpseScratch("ay", N * H * h);
+        var ax = GlimpseScratch("ax", N * W * w);
+        var vu = GlimpseScratch("vu", N * C * h * W);
+        var day = GlimpseScratch("day", N * H * h);
+        var dax = GlimpseScratch("dax", N * W * w);
         GlimpseFilterbanks(s, a.Params, ay, ax);
         // V[n] = γ · G[n] [C·h, w] · Ax[n]ᵀ [w, W]
         GlimpseGemm(new(a.GradOut, 1, C * h * w, 0, w, 1), new(ax, 1, W * w, 0, 1, w), vu, C * h * W, W, s.N, s.C * s.Gh, s.W, s.Gw, 1, a.Gamma, 1);

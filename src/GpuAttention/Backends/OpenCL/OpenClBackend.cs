@@ -204,6 +204,7 @@ internal sealed unsafe partial class OpenClBackend : KernelBackend
     public override void Dispose()
     {
         try { if (!_queue.IsClosed) Cl.clFinish(_queue.Raw); } catch (ObjectDisposedException) { }
+        DisposeGlimpseScratch();
         Programs.Dispose();
         _dummy?.Dispose();
         _queue.Dispose();
