@@ -32,6 +32,14 @@ public class GlimpseTests(string backend)
         yield return new(1, 70, 12, 13, 3, 4);                    // many channels: the backward's channel sum spans work items
     }
 
+    [Test]
+    public void CasesCoverBothMultiplicationOrders()
+    {
+        var shapes = Cases().Select(c => new GpuAttention.Backends.GlimpseShape(c.N, c.C, c.H, c.W, c.Gh, c.Gw)).ToList();
+        Assert.That(shapes.Any(s => s.XFirst) && shapes.Any(s => !s.XFirst), "forward orders");
+        Assert.That(shapes.Any(s => s.BackwardXFirst) && shapes.Any(s => !s.BackwardXFirst), "backward orders");
+    }
+
     internal static float[] Params(Random rng, Case c)
     {
         var p = new float[c.N * 6];

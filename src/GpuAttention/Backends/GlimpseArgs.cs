@@ -14,8 +14,14 @@ internal readonly record struct GlimpseShape(int N, int C, int H, int W, int Gh,
     public bool XFirst => CostXFirst < CostYFirst;
     /// <summary>FLOPs of the forward products (2 per multiply-add, cheaper order; filterbank build not counted).</summary>
     public double ForwardFlops => 2.0 * N * C * Math.Min(CostXFirst, CostYFirst);
-    /// <summary>FLOPs of the backward products: V = G·Axᵀ, Ay·V, img·Vᵀ, Ayᵀ·img, Uᵀ·G.</summary>
-    public double BackwardFlops => 2.0 * N * C * (3.0 * H * W * Gh + 2.0 * Gh * Gw * W);
+    /// <summary>Backward multiply-adds per channel with V = G·Axᵀ [h, W]: Ay·V, img·Vᵀ, Ayᵀ·img (H·W·h each) and G·Axᵀ, Uᵀ·G.</summary>
+    public double BackwardCostYFirst => 3.0 * H * W * Gh + 2.0 * Gh * Gw * W;
+    /// <summary>Backward multiply-adds per channel with P = Ay·G [H, w]: P·Axᵀ, imgᵀ·P, img·Ax (H·W·w each) and Ay·G, T·Gᵀ.</summary>
+    public double BackwardCostXFirst => 3.0 * H * W * Gw + 2.0 * H * Gh * Gw;
+    /// <summary>True when the backward goes through P = Ay·G (the cheaper order for this shape).</summary>
+    public bool BackwardXFirst => BackwardCostXFirst < BackwardCostYFirst;
+    /// <summary>FLOPs of the backward products in the order used.</summary>
+    public double BackwardFlops => 2.0 * N * C * Math.Min(BackwardCostXFirst, BackwardCostYFirst);
 }
 
 /// <summary>

@@ -102,7 +102,8 @@ internal sealed unsafe partial class CpuBackend : IGlimpseBackend
         nint img = (nint)Ptr(a.Image), par = (nint)Ptr(a.Params), gam = (nint)Ptr(a.Gamma), go = (nint)Ptr(a.GradOut);
         nint gi = (nint)Ptr(a.GradImage), gp = (nint)Ptr(a.GradParams), glg = (nint)Ptr(a.GradLogGamma);
         int chunks = ChannelChunks(s), per = (s.C + chunks - 1) / chunks;
-        long part = (long)h * H + (long)W * w;                 // dAyᵀ [h, H] then dAx [W, w] per work item
+        bool xFirst = s.BackwardXFirst;
+        long part = (long)h * H + (long)W * w;                 // dAy (y-first: transposed [h, H]; x-first: [H, h]) then dAx [W, w] per work item
         long partialsLen = (long)s.N * chunks * part;
         var partials = ArrayPool<float>.Shared.Rent(checked((int)partialsLen));
         try
@@ -117,8 +118,8 @@ internal sealed unsafe partial class CpuBackend : IGlimpseBackend
                     new Span<float>(dayT, (int)part).Clear();
                     if (c0 >= c1) return;
                     long fb = (long)H * h + (long)W * w;
-                    float* ay = GlimpseScratch(fb + (long)w * W + 2L * h * W, out var pin);
-                    float* ax = ay + (long)H * h, axT = ax + (long)W * w, v = axT + (long)w * W, u = v + (long)h * W;
+                    float* ay = GlimpseScratch(fb + (long)w * W + 2 * Math.Max((long)h * W, (long)H * w), out var pin);
+                    float* ax = ay + (long)H * h, axT = ax + (long)W * w, v = axT + (long)w * W, u = v + Math.Max((long)h * W, (long)H * w);
                     float* p = (float*)par + n * 6;
                     Filterbank(ay, H, h, p[0], p[1], p[2]);
                     Filterbank(ax, W, w, p[3], p[4], p[5]);
@@ -130,11 +131,23 @@ internal sealed unsafe partial class CpuBackend : IGlimpseBackend
                         float* im = (float*)img + ((long)n * s.C + ch) * H * W;
                         float* gOut = (float*)go + ((long)n * s.C + ch) * h * w;
                         float* gIm = (float*)gi + ((long)n * s.C + ch) * H * W;
-                        MatMul(gOut, w, 1, axT, W, v, W, h, W, w, g, false);   // V = γ·G·Axᵀ          [h, W]
-                        MatMul(ay, h, 1, v, W, gIm, W, H, W, h, 1f, false);    // grad_img = Ay·V      [H, W]
-                        MatMulABt(v, im, dayT, H, h, H, W);                    // dAyᵀ += V·imgᵀ       [h, H]
-                        MatMul(ay, 1, h, im, W, u, W, h, W, H, 1f, false);     // U = Ayᵀ·img          [h, W]
-                        MatMul(u, 1, W, gOut, w, dax, w, W, w, h, g, true);    // dAx += γ·Uᵀ·G        [W, w]
+                        if (xFirst)
+                        {
+                            float* pm = v, tm = v + (long)H * w;
+                            MatMul(ay, h, 1, gOut, w, pm, w, H, w, h, g, false);   // P = γ·Ay·G           [H, w]
+                            MatMul(pm, w, 1, axT, W, gIm, W, H, W, w, 1f, false);  // grad_img = P·Axᵀ     [H, W]
+                            MatMul(im, 1, W, pm, w, dax, w, W, w, H, 1f, true);    // dAx += imgᵀ·P        [W, w]
+                            MatMul(im, W, 1, ax, w, tm, w, H, w, W, g, false);     // T = γ·img·Ax         [H, w]
+                            MatMulABt(tm, gOut, dayT, h, H, h, w);                 // dAy += T·Gᵀ          [H, h]
+                        }
+                        else
+                        {
+                            MatMul(gOut, w, 1, axT, W, v, W, h, W, w, g, false);   // V = γ·G·Axᵀ          [h, W]
+                            MatMul(ay, h, 1, v, W, gIm, W, H, W, h, 1f, false);    // grad_img = Ay·V      [H, W]
+                            MatMulABt(v, im, dayT, H, h, H, W);                    // dAyᵀ += V·imgᵀ       [h, H]
+                            MatMul(ay, 1, h, im, W, u, W, h, W, H, 1f, false);     // U = Ayᵀ·img          [h, W]
+                            MatMul(u, 1, W, gOut, w, dax, w, W, w, h, g, true);    // dAx += γ·Uᵀ·G        [W, w]
+                        }
                     }
                     GC.KeepAlive(pin);
                 });
@@ -150,8 +163,10 @@ internal sealed unsafe partial class CpuBackend : IGlimpseBackend
                     Filterbank(ay, H, h, p[0], p[1], p[2]);
                     Filterbank(ax, W, w, p[3], p[4], p[5]);
                     float* dp = (float*)gp + n * 6;
-                    // dAy is held transposed ([h, H]): element (c, r) at r*H + c.
-                    float sy = FilterbankBackward(ay, total, 1, H, H, h, p[0], p[1], p[2], out dp[0], out dp[1], out dp[2]);
+                    // y-first holds dAy transposed ([h, H]: element (c, r) at r*H + c); x-first as [H, h].
+                    float sy = xFirst
+                        ? FilterbankBackward(ay, total, h, 1, H, h, p[0], p[1], p[2], out dp[0], out dp[1], out dp[2])
+                        : FilterbankBackward(ay, total, 1, H, H, h, p[0], p[1], p[2], out dp[0], out dp[1], out dp[2]);
                     FilterbankBackward(ax, total + (long)h * H, w, 1, W, w, p[3], p[4], p[5], out dp[3], out dp[4], out dp[5]);
                     if (glg != 0) ((float*)glg)[n] = sy;
                     GC.KeepAlive(pin);

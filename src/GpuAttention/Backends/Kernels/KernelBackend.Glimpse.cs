@@ -98,27 +98,43 @@ internal abstract partial class KernelBackend : IGlimpseBackend
         }
     }
 
-    /// <summary>Backward: filterbanks, five GEMM launches (grad_image, channel-summed dAy and dAx), one reduction per image.</summary>
+    /// <summary>Backward: filterbanks, five GEMM launches in the cheaper order (grad_image, channel-summed dAy and dAx), one reduction per image.</summary>
     public void GlimpseBackward(in GlimpseBackwardArgs a)
     {
         var s = a.Shape;
         long N = s.N, C = s.C, H = s.H, W = s.W, h = s.Gh, w = s.Gw;
         var ay = GlimpseScratch("ay", N * H * h);
         var ax = GlimpseScratch("ax", N * W * w);
-        var vu = GlimpseScratch("vu", N * C * h * W);
+        var vu = GlimpseScratch("vu", N * C * Math.Max(h * W, H * w));
         var day = GlimpseScratch("day", N * H * h);
         var dax = GlimpseScratch("dax", N * W * w);
         GlimpseFilterbanks(s, a.Params, ay, ax);
-        // V[n] = γ · G[n] [C·h, w] · Ax[n]ᵀ [w, W]
-        GlimpseGemm(new(a.GradOut, 1, C * h * w, 0, w, 1), new(ax, 1, W * w, 0, 1, w), vu, C * h * W, W, s.N, s.C * s.Gh, s.W, s.Gw, 1, a.Gamma, 1);
-        // grad_image[n, ch] = Ay[n] [H, h] · V[n, ch] [h, W]
-        GlimpseGemm(new(ay, s.C, H * h, 0, h, 1), new(vu, 1, h * W, 0, W, 1), a.GradImage, H * W, W, s.N * s.C, s.H, s.W, s.Gh);
-        // dAy[n] = Σ_ch img[n, ch] [H, W] · V[n, ch]ᵀ [W, h]
-        GlimpseGemm(new(a.Image, 1, C * H * W, H * W, W, 1), new(vu, 1, C * h * W, h * W, 1, W), day, H * h, h, s.N, s.H, s.Gh, s.W, s.C);
-        // U[n, ch] = Ay[n]ᵀ [h, H] · img[n, ch] [H, W]   (reuses V's buffer: the queue is in order)
-        GlimpseGemm(new(ay, s.C, H * h, 0, 1, h), new(a.Image, 1, H * W, 0, W, 1), vu, h * W, W, s.N * s.C, s.Gh, s.W, s.H);
-        // dAx[n] = γ · U[n]ᵀ [W, C·h] · G[n] [C·h, w]
-        GlimpseGemm(new(vu, 1, C * h * W, 0, 1, W), new(a.GradOut, 1, C * h * w, 0, w, 1), dax, W * w, w, s.N, s.W, s.Gw, s.C * s.Gh, 1, a.Gamma, 1);
+        if (s.BackwardXFirst)
+        {
+            // P[n, ch] = γ · Ay[n] [H, h] · G[n, ch] [h, w]
+            GlimpseGemm(new(ay, s.C, H * h, 0, h, 1), new(a.GradOut, 1, h * w, 0, w, 1), vu, H * w, w, s.N * s.C, s.H, s.Gw, s.Gh, 1, a.Gamma, s.C);
+            // grad_image[n] = P[n] [C·H, w] · Ax[n]ᵀ [w, W]
+            GlimpseGemm(new(vu, 1, C * H * w, 0, w, 1), new(ax, 1, W * w, 0, 1, w), a.GradImage, C * H * W, W, s.N, s.C * s.H, s.W, s.Gw);
+            // dAx[n] = img[n]ᵀ [W, C·H] · P[n] [C·H, w]   (the channel sum is part of K)
+            GlimpseGemm(new(a.Image, 1, C * H * W, 0, 1, W), new(vu, 1, C * H * w, 0, w, 1), dax, W * w, w, s.N, s.W, s.Gw, s.C * s.H);
+            // T[n] = γ · img[n] [C·H, W] · Ax[n] [W, w]   (reuses P's buffer: the queue is in order)
+            GlimpseGemm(new(a.Image, 1, C * H * W, 0, W, 1), new(ax, 1, W * w, 0, w, 1), vu, C * H * w, w, s.N, s.C * s.H, s.Gw, s.W, 1, a.Gamma, 1);
+            // dAy[n] = Σ_ch T[n, ch] [H, w] · G[n, ch]ᵀ [w, h]
+            GlimpseGemm(new(vu, 1, C * H * w, H * w, w, 1), new(a.GradOut, 1, C * h * w, h * w, 1, w), day, H * h, h, s.N, s.H, s.Gh, s.Gw, s.C);
+        }
+        else
+        {
+            // V[n] = γ · G[n] [C·h, w] · Ax[n]ᵀ [w, W]
+            GlimpseGemm(new(a.GradOut, 1, C * h * w, 0, w, 1), new(ax, 1, W * w, 0, 1, w), vu, C * h * W, W, s.N, s.C * s.Gh, s.W, s.Gw, 1, a.Gamma, 1);
+            // grad_image[n, ch] = Ay[n] [H, h] · V[n, ch] [h, W]
+            GlimpseGemm(new(ay, s.C, H * h, 0, h, 1), new(vu, 1, h * W, 0, W, 1), a.GradImage, H * W, W, s.N * s.C, s.H, s.W, s.Gh);
+            // dAy[n] = Σ_ch img[n, ch] [H, W] · V[n, ch]ᵀ [W, h]
+            GlimpseGemm(new(a.Image, 1, C * H * W, H * W, W, 1), new(vu, 1, C * h * W, h * W, 1, W), day, H * h, h, s.N, s.H, s.Gh, s.W, s.C);
+            // U[n, ch] = Ay[n]ᵀ [h, H] · img[n, ch] [H, W]   (reuses V's buffer: the queue is in order)
+            GlimpseGemm(new(ay, s.C, H * h, 0, 1, h), new(a.Image, 1, H * W, 0, W, 1), vu, h * W, W, s.N * s.C, s.Gh, s.W, s.H);
+            // dAx[n] = γ · U[n]ᵀ [W, C·h] · G[n] [C·h, w]
+            GlimpseGemm(new(vu, 1, C * h * W, 0, 1, W), new(a.GradOut, 1, C * h * w, 0, w, 1), dax, W * w, w, s.N, s.W, s.Gw, s.C * s.Gh, 1, a.Gamma, 1);
+        }
         Launch("glimpse.cl", GlimpseGemmConfig().Defines, "glimpse_filterbank_backward", [GlimpseReduceWg, N], [GlimpseReduceWg, 1],
         [
             KernelArg.Of(a.Params), KernelArg.Of(ay), KernelArg.Of(ax), KernelArg.Of(day), KernelArg.Of(dax),
