@@ -27,6 +27,8 @@ public static class Program
         new AffineGridBackwardOp(),
         new GridSampleOp(),
         new GridSampleBackwardOp(),
+        new GlimpseOp(),
+        new GlimpseBackwardOp(),
     }.ToDictionary(o => o.Name);
 
     public static int Main(string[] args)

@@ -9,6 +9,7 @@ internal static class OpSupport
         OpKind.SdpaBackward => backend is ISdpaBackwardBackend,
         OpKind.Gemm => backend is IGemmBackend,
         OpKind.AffineGrid or OpKind.AffineGridBackward or OpKind.GridSample or OpKind.GridSampleBackward => backend is ISpatialBackend,
+        OpKind.Glimpse or OpKind.GlimpseBackward => backend is IGlimpseBackend,
         // One line per op family; each family's interface lives beside its args (Backends/*Args.cs).
         _ => false,
     };

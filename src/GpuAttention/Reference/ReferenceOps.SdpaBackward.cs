@@ -113,10 +113,4 @@ public static partial class ReferenceOps
         return max + Math.Log(sum);
     }
 
-    private static double[] ToDouble(float[] a)
-    {
-        var d = new double[a.Length];
-        for (int i = 0; i < a.Length; i++) d[i] = a[i];
-        return d;
-    }
 }

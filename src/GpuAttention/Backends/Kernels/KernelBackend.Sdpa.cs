@@ -11,32 +11,6 @@ internal abstract partial class KernelBackend : ISdpaBackend
     /// <summary>Keys per work-group of the decoding kernels (DEC_CHUNK).</summary>
     internal int SdpaDecodeChunk { get; set; } = 128;
 
-    private IDeviceBuffer? _partAcc, _partMl;
-
-    /// <summary>A device scratch buffer of at least <paramref name="elements"/>, kept and reused across calls (the queue is in order).</summary>
-    /// <remarks>Growing waits for the queue before releasing the old buffer: OpenCL defers the free until enqueued kernels
-    /// are done, but not every implementation does (oclgrind reported reads of freed, reallocated scratch without the wait).</remarks>
-    private IDeviceBuffer Scratch(ref IDeviceBuffer? buffer, long elements)
-    {
-        if (buffer is null || buffer.Length < elements)
-        {
-            if (buffer is not null) { Synchronize(); buffer.Dispose(); }
-            buffer = null;
-            buffer = Allocate(Math.Max(elements, 1));
-        }
-        return buffer;
-    }
-
-    /// <summary>Releases the cached scratch buffers (called by the backends' Dispose).</summary>
-    protected void DisposeScratch()
-    {
-        _partAcc?.Dispose(); _partAcc = null;
-        _partMl?.Dispose(); _partMl = null;
-        _dsum?.Dispose(); _dsum = null;
-        _spatialGridGrad?.Dispose(); _spatialGridGrad = null;
-        _spatialPartial?.Dispose(); _spatialPartial = null;
-    }
-
     /// <summary>Tile sizes and the -D defines of kernels/sdpa.cl for head dims (e, ev) on this device.</summary>
     internal (int BlockM, int BlockN, string Defines) SdpaConfig(int e, int ev) =>
         SdpaTileOverride is { } t ? (t.BlockM, t.BlockN, SdpaDefines(e, ev, t.BlockM, t.BlockN)) : SdpaConfig(e, ev, Limits);
@@ -103,8 +77,8 @@ internal abstract partial class KernelBackend : ISdpaBackend
         int nsplit = (keys + chunk - 1) / chunk;
         long rows = (long)s.B * s.Hq;
         string defines = SdpaDecodeDefines(s.E, s.Ev, chunk, wg);
-        var partAcc = Scratch(ref _partAcc, rows * nsplit * s.Ev);
-        var partMl = Scratch(ref _partMl, rows * nsplit * 2);
+        var partAcc = Scratch("sdpa.partial_acc", rows * nsplit * s.Ev);
+        var partMl = Scratch("sdpa.partial_ml", rows * nsplit * 2);
         Launch("sdpa.cl", defines, "sdpa_decode_partial", [(long)nsplit * wg, rows], [wg, 1],
         [
             KernelArg.Of(a.Q), KernelArg.Of(a.K), KernelArg.Of(a.V), KernelArg.Of(a.Mask), KernelArg.Of(partAcc), KernelArg.Of(partMl),

@@ -24,8 +24,6 @@ internal abstract partial class KernelBackend : ISdpaBackwardBackend
         SdpaShippedHeadDims.Select(h => new KernelConfig("sdpa_backward.cl", SdpaBackwardConfig(h.E, h.Ev, d).Defines,
             ["sdpa_bwd_preprocess", "sdpa_bwd_dkdv", "sdpa_bwd_dq"]));
 
-    private IDeviceBuffer? _dsum;
-
     /// <summary>Enqueues the three kernels of the fused SDPA backward (does not wait).</summary>
     public void SdpaBackward(in SdpaBackwardArgs a)
     {
@@ -43,7 +41,7 @@ internal abstract partial class KernelBackend : ISdpaBackwardBackend
         var (blockM, blockN, defines) = SdpaBackwardConfig(s.E, s.Ev);
         long rows = (long)s.B * s.Hq * s.L;
         // D = rowsum(dO ∘ O), in a scratch buffer kept across calls (freeing it here would make CUDA synchronise).
-        var dsum = Scratch(ref _dsum, rows);
+        var dsum = Scratch("sdpa_backward.d", rows);
         Launch("sdpa_backward.cl", defines, "sdpa_bwd_preprocess", [RoundUp(rows, 64)], [64],
             [KernelArg.Of(a.Out), KernelArg.Of(a.GradOut), KernelArg.Of(dsum), rows]);
         KernelArg[] tail =

@@ -23,7 +23,6 @@ internal abstract partial class KernelBackend : ISpatialBackend
 
     private int RedGroup => Math.Min(64, PowerOfTwoAtMost(MaxWorkGroupSize));
 
-    private IDeviceBuffer? _spatialGridGrad, _spatialPartial;
 
     private static int PowerOfTwoAtMost(int n)
     {
@@ -95,7 +94,7 @@ internal abstract partial class KernelBackend : ISpatialBackend
         }
         int wg = Math.Min(PointGroup, MaxWorkGroupSize);
         // Scratch buffers are kept across calls (freeing them here would make CUDA synchronise).
-        IDeviceBuffer? gridGrad = fused ? Scratch(ref _spatialGridGrad, s.N * P * 2) : a.GradGrid;
+        IDeviceBuffer? gridGrad = fused ? Scratch("spatial.grad_grid", s.N * P * 2) : a.GradGrid;
         IDeviceBuffer? partial = null;
         string d = SpatialDefines;
         Launch("spatial.cl", d, "grid_sample_backward_grid", [RoundUp(P, wg), s.N], [wg, 1],
@@ -107,7 +106,7 @@ internal abstract partial class KernelBackend : ISpatialBackend
             IDeviceBuffer dst = a.GradInput;
             if (chunks > 1)
             {
-                partial = Scratch(ref _spatialPartial, len * chunks);
+                partial = Scratch("spatial.partial", len * chunks);
                 Fill(partial, 0f);
                 dst = partial;
             }

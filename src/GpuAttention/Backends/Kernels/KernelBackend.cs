@@ -91,7 +91,38 @@ internal abstract partial class KernelBackend : IBackend
         SdpaBackwardShippedConfigs,
         GemmShippedConfigs,
         SpatialShippedConfigs,
+        GlimpseShippedConfigs,
     ];
+
+    /// <summary>
+    /// Device scratch buffers by role (e.g. "sdpa.partial_acc"), kept across calls and grow-only. A buffer is never released
+    /// while queued kernels may still use it: growing waits for the queue first, and the rest are freed by the backend's
+    /// Dispose after its queue has finished. (Releasing right after enqueueing is legal in OpenCL, but oclgrind flagged it,
+    /// and on CUDA a free synchronises the device.) The in-order queue makes reuse by the next call safe.
+    /// </summary>
+    private readonly Dictionary<string, IDeviceBuffer> _scratch = new();
+
+    /// <summary>A scratch buffer of at least <paramref name="elements"/> float32 for <paramref name="role"/> (contents undefined).</summary>
+    protected IDeviceBuffer Scratch(string role, long elements)
+    {
+        if (_scratch.TryGetValue(role, out var b))
+        {
+            if (b.Length >= elements) return b;
+            Synchronize();
+            b.Dispose();
+            _scratch.Remove(role);
+        }
+        b = Allocate(Math.Max(elements, 1));
+        _scratch[role] = b;
+        return b;
+    }
+
+    /// <summary>Releases every scratch buffer; the backends' Dispose calls it after their queue has finished.</summary>
+    protected void DisposeScratch()
+    {
+        foreach (var b in _scratch.Values) b.Dispose();
+        _scratch.Clear();
+    }
 
     /// <summary>Rounds <paramref name="n"/> up to a multiple of <paramref name="m"/>.</summary>
     protected static long RoundUp(long n, long m) => (n + m - 1) / m * m;
