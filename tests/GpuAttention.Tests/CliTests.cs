@@ -117,6 +117,20 @@ public class DemoCliTests
             Assert.That(File.Exists(overview), Is.True);
             var img = GpuAttention.Imaging.Image.Load(overview);
             Assert.That(img.Width, Is.GreaterThan(img.Height));
+            foreach (var name in (string[])["sdpa_training.png", "glimpse_1.png", "glimpse_4.png", "glimpse_overview.png", "glimpse_learning.png",
+                                            "spatial_crops.png", "spatial_learning.png"])
+            {
+                var path = Path.Combine(dir, name);
+                Assert.That(File.Exists(path), Is.True, name);
+                var pic = GpuAttention.Imaging.Image.Load(path);
+                Assert.That(pic.Channels, Is.EqualTo(3), name);
+                Assert.That(pic.Data.Max() - pic.Data.Min(), Is.GreaterThan(0.5f), $"{name} is nearly uniform");
+            }
+            foreach (var op in (string[])["sdpa backward", "glimpse forward", "glimpse backward", "affine_grid forward", "affine_grid backward",
+                                          "grid_sample forward", "grid_sample backward", "spatial transform forward", "spatial transform backward"])
+                Assert.That(so, Does.Contain(op));
+            Assert.That(so, Does.Not.Contain("FAIL"));
+            Assert.That(so, Does.Not.Contain("did NOT fall"));
         }
         finally { Directory.Delete(dir, true); }
     }

@@ -8,7 +8,8 @@ namespace GpuAttention.Cli;
 /// <summary>
 /// <c>gpuattention demo [--backend B] [--image PATH] [--out DIR] [--pixels N] [--repeat N]</c>:
 /// runs the operations on a real image, writes PNG pictures into DIR and prints a timing and verification table.
-/// The work is split into <see cref="IDemoSection"/>s (today: SDPA self-attention over pixels); each adds rows and files.
+/// The work is split into <see cref="IDemoSection"/>s (SDPA self-attention over pixels, an SDPA training step, Gaussian glimpses,
+/// spatial-transformer crops); each adds rows and files.
 /// </summary>
 public static class DemoCommand
 {
@@ -16,7 +17,8 @@ public static class DemoCommand
         "usage: gpuattention demo [--backend cpu|opencl[:K]|cuda[:K]|auto] [--image PATH] [--out DIR] [--pixels N] [--repeat N]";
 
     /// <summary>The sections run in order. Add SDPA backward, glimpse, grid_sample... here.</summary>
-    internal static IReadOnlyList<IDemoSection> Sections { get; } = [new SdpaSection()];
+    internal static IReadOnlyList<IDemoSection> Sections { get; } =
+        [new SdpaSection(), new SdpaTrainingSection(), new GlimpseSection(), new SpatialSection()];
 
     /// <summary>Runs the demo with the arguments that follow the word <c>demo</c>.</summary>
     /// <returns>0 on success, 1 on bad input, an unavailable backend or a failed verification, 2 on a usage error.</returns>
@@ -43,11 +45,15 @@ public static class DemoCommand
             AnsiConsole.Status().Spinner(Spinner.Known.Dots).Start("starting", status =>
             {
                 ctx.ReportStatus = s => status.Status(Markup.Escape(s));
+                var took = new List<string>();
                 foreach (var section in Sections)
                 {
                     ctx.ReportStatus($"{section.Name}: running");
+                    var sw = Stopwatch.StartNew();
                     section.Run(ctx);
+                    took.Add($"{section.Name} {sw.Elapsed.TotalSeconds:0.0} s");
                 }
+                ctx.Notes.Add($"wall time per section (with references and pictures): {string.Join(", ", took)}");
             });
             PrintReport(ctx);
             var failed = ctx.Rows.Where(r => r.Ok == false).ToList();
@@ -81,6 +87,7 @@ public static class DemoCommand
         table.AddColumn("shape");
         table.AddColumn(new TableColumn("time (ms)").RightAligned());
         table.AddColumn(new TableColumn("GFLOP/s").RightAligned());
+        table.AddColumn(new TableColumn("GB/s").RightAligned());
         table.AddColumn(new TableColumn("max error").RightAligned());
         table.AddColumn(new TableColumn("rel error").RightAligned());
         table.AddColumn("check");
@@ -89,7 +96,7 @@ public static class DemoCommand
         {
             string dev = r.Fallback ? device + " (CPU fallback)" : device;
             table.AddRow(Markup.Escape(r.Op), Markup.Escape(ctx.Device.Spec), Markup.Escape(dev), Markup.Escape(r.Shape),
-                F(r.Ms, "F3"), F(r.Gflops, "F2"), F(r.MaxError, "0.0e+00"), F(r.RelError, "0.0e+00"),
+                F(r.Ms, "F3"), F(r.Gflops, "F2"), F(r.GBps, "F2"), F(r.MaxError, "0.0e+00"), F(r.RelError, "0.0e+00"),
                 r.Ok switch { true => "[green]ok[/]", false => "[red]FAIL[/]", null => "-" });
         }
         AnsiConsole.Write(table);
@@ -143,7 +150,8 @@ internal sealed record DemoOptions(string Backend, string ImagePath, string OutD
 /// <param name="MaxError">Largest absolute difference to the double-precision reference.</param>
 /// <param name="RelError">MaxError divided by the largest reference magnitude.</param>
 /// <param name="Fallback">The device has no kernel for the op; it ran on the CPU backend with copies.</param>
-internal sealed record DemoRow(string Op, string Shape, double? Ms, double? Gflops, double? MaxError, double? RelError, bool Fallback)
+/// <param name="GBps">Bytes of the op's tensors read and written once, per second, in 10⁹ (memory-bound ops).</param>
+internal sealed record DemoRow(string Op, string Shape, double? Ms, double? Gflops, double? MaxError, double? RelError, bool Fallback, double? GBps = null)
 {
     /// <summary>Relative error above which a row is marked as failed.</summary>
     public const double Tolerance = 1e-3;

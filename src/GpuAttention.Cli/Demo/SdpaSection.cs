@@ -17,7 +17,7 @@ internal sealed class SdpaSection : IDemoSection
     private const float SigmaPos = 0.08f;     // position distance, in units of the image's longer side
     private const float FourierWeight = 0.7f; // γ: each Fourier pair adds γ²·cos(ω·Δ)
     private static readonly float[] Frequencies = [MathF.PI, 2 * MathF.PI];
-    private const int E = 16;                 // 3 colour + 2 position + 8 Fourier + 1 bias, padded with zeros to 16
+    internal const int E = 16;                 // 3 colour + 2 position + 8 Fourier + 1 bias, padded with zeros to 16
     private static readonly Color[] MarkerColors =
         [Color.FromHex("#00e5ff"), Color.FromHex("#76ff03"), Color.FromHex("#ff4081"), Color.FromHex("#ffffff")];
 
@@ -99,7 +99,7 @@ internal sealed class SdpaSection : IDemoSection
     }
 
     /// <summary>q_i = [c̃, p̃, F(p), 1, 0, 0], k_j = [c̃, p̃, F(p), −(|c̃|²+|p̃|²)/2, 0, 0] with c̃ = (c − ½)/σc, p̃ = (p − centre)/σp.</summary>
-    private static (float[] Q, float[] K) Features(Image img)
+    internal static (float[] Q, float[] K) Features(Image img)
     {
         int w = img.Width, h = img.Height, n = w * h;
         float side = Math.Max(w, h);
