@@ -1,4 +1,5 @@
 using GpuAttention.Reference;
+using Kind = GpuAttention.Reference.GlimpseParamKind;
 
 namespace GpuAttention.Cli.Verify;
 
@@ -9,8 +10,6 @@ namespace GpuAttention.Cli.Verify;
 /// </summary>
 internal static class GlimpseVerify
 {
-    internal enum Kind { Typical, TinySigma, HugeSigma, Outside, NegativeStride }
-
     private sealed record Shape(int N, int C, int H, int W, int Gh, int Gw, Kind Kind = Kind.Typical)
     {
         public override string ToString() => $"N{N} C{C} {H}x{W} -> {Gh}x{Gw}{(Kind == Kind.Typical ? "" : " " + Kind.ToString().ToLowerInvariant())}";
@@ -53,26 +52,7 @@ internal static class GlimpseVerify
             new VerifyCase("draw-read-backward", s.ToString(), (dev, rng) => Draw(dev, rng, s, backward: true)),
         }));
 
-    /// <summary>Random (uy, sy, dy, ux, sx, dx) per image for the case's kind.</summary>
-    private static float[] Params(Random rng, Shape c)
-    {
-        var p = new float[c.N * 6];
-        for (int n = 0; n < c.N; n++)
-            for (int axis = 0; axis < 2; axis++)
-            {
-                int size = axis == 0 ? c.H : c.W, m = axis == 0 ? c.Gh : c.Gw;
-                double u = rng.NextDouble() * 0.6 * size - 0.1 * size, s = 0.6 + 2.5 * rng.NextDouble(), d = (0.4 + rng.NextDouble()) * size / Math.Max(m, 2) * 0.8;
-                switch (c.Kind)
-                {
-                    case Kind.TinySigma: s = 0.2 + 0.15 * rng.NextDouble(); break;
-                    case Kind.HugeSigma: s = 300 + 500 * rng.NextDouble(); break;
-                    case Kind.Outside: u = n % 2 == 0 ? -6 - 4 * rng.NextDouble() : size + 2 + 3 * rng.NextDouble(); s = 2 + 2 * rng.NextDouble(); d = n % 2 == 0 ? 1.2 : 0.3; break;
-                    case Kind.NegativeStride: u = size - 1 - 2 * rng.NextDouble(); d = -d; break;
-                }
-                p[n * 6 + axis * 3] = (float)u; p[n * 6 + axis * 3 + 1] = (float)s; p[n * 6 + axis * 3 + 2] = (float)d;
-            }
-        return p;
-    }
+    private static float[] Params(Random rng, Shape c) => ReferenceInputs.GlimpseParams(rng, c.N, c.H, c.W, c.Gh, c.Gw, c.Kind);
 
     private static IReadOnlyList<VerifyResult> Forward(Device dev, Random rng, Shape c)
     {
@@ -107,13 +87,7 @@ internal static class GlimpseVerify
     private static IReadOnlyList<VerifyResult> Draw(Device dev, Random rng, DrawShape c, bool backward)
     {
         var img = VerifyKit.Random(rng, (long)c.N * c.C * c.H * c.W);
-        var draw = new float[c.N * 5];                                 // (g̃X, g̃Y, log σ², log δ̃, log γ)
-        for (int n = 0; n < c.N; n++)
-        {
-            draw[n * 5] = (float)(rng.NextDouble() - 0.5); draw[n * 5 + 1] = (float)(rng.NextDouble() - 0.5);
-            draw[n * 5 + 2] = (float)(rng.NextDouble() * 1.5); draw[n * 5 + 3] = (float)(-1 + rng.NextDouble() * 0.8);
-            draw[n * 5 + 4] = (float)(rng.NextDouble() - 0.5);
-        }
+        var draw = ReferenceInputs.DrawInputs(rng, c.N);
         using var ti = dev.Upload(img, c.N, c.C, c.H, c.W);
         using var td = dev.Upload(draw, c.N, 5);
         if (!backward)
