@@ -11,7 +11,7 @@ public static class Program
         usage:
           gpuattention run OP --backend BACKEND --in DIR --out DIR [options] [--warmup N] [--repeat N]
           gpuattention devices
-          gpuattention verify [--backend BACKEND] [--seed N]
+          gpuattention verify [--backend BACKEND] [--seed N] [--only OP,...]
           gpuattention demo [--backend B] [--image PATH] [--out DIR]
         OP: {0}
         BACKEND: cpu | opencl[:K] | cuda[:K] | auto

@@ -134,8 +134,17 @@ public sealed partial class Device : IDisposable
         var be = Backend;
         if (n > be.MaxBufferElements)
             throw new ArgumentException($"tensor {TensorShapeException.Format(copy)} has {n} elements, more than this device's largest buffer ({be.MaxBufferElements} float32 elements)", nameof(shape));
-        lock (QueueLock) return new Tensor(this, be.Allocate(n), copy);
+        lock (QueueLock)
+        {
+            var buf = be.Allocate(n);
+            if (PoisonAllocations && n > 0) be.Fill(buf, float.NaN);
+            return new Tensor(this, buf, copy);
+        }
     }
+
+    /// <summary>When set, every tensor this device allocates starts as NaN (verification: an output element an op forgets to write,
+    /// also in tensors that layers allocate themselves, then shows as NaN).</summary>
+    internal bool PoisonAllocations { get; set; }
 
     /// <summary>Allocates a tensor of <paramref name="shape"/> and copies <paramref name="data"/> (row-major) into it.</summary>
     /// <exception cref="TensorShapeException">data.Length differs from the product of the shape.</exception>

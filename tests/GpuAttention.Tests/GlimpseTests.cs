@@ -1,4 +1,5 @@
 using GpuAttention.Reference;
+using Kind = GpuAttention.Reference.GlimpseParamKind;
 using NUnit.Framework;
 
 namespace GpuAttention.Tests;
@@ -11,8 +12,6 @@ public class GlimpseTests(string backend)
 
     [OneTimeSetUp] public void Open() => _device = TestUtil.OpenOrIgnore(backend);
     [OneTimeTearDown] public void Close() => _device?.Dispose();
-
-    public enum Kind { Typical, TinySigma, HugeSigma, Outside, NegativeStride }
 
     public record Case(int N, int C, int H, int W, int Gh, int Gw, Kind Kind = Kind.Typical)
     {
@@ -40,25 +39,7 @@ public class GlimpseTests(string backend)
         Assert.That(shapes.Any(s => s.BackwardXFirst) && shapes.Any(s => !s.BackwardXFirst), "backward orders");
     }
 
-    internal static float[] Params(Random rng, Case c)
-    {
-        var p = new float[c.N * 6];
-        for (int n = 0; n < c.N; n++)
-            for (int axis = 0; axis < 2; axis++)
-            {
-                int size = axis == 0 ? c.H : c.W, m = axis == 0 ? c.Gh : c.Gw;
-                double u = rng.NextDouble() * 0.6 * size - 0.1 * size, s = 0.6 + 2.5 * rng.NextDouble(), d = (0.4 + rng.NextDouble()) * size / Math.Max(m, 2) * 0.8;
-                switch (c.Kind)
-                {
-                    case Kind.TinySigma: s = 0.2 + 0.15 * rng.NextDouble(); break;
-                    case Kind.HugeSigma: s = 300 + 500 * rng.NextDouble(); break;
-                    case Kind.Outside: u = n % 2 == 0 ? -6 - 4 * rng.NextDouble() : size + 2 + 3 * rng.NextDouble(); s = 2 + 2 * rng.NextDouble(); d = n % 2 == 0 ? 1.2 : 0.3; break;
-                    case Kind.NegativeStride: u = size - 1 - 2 * rng.NextDouble(); d = -d; break;
-                }
-                p[n * 6 + axis * 3] = (float)u; p[n * 6 + axis * 3 + 1] = (float)s; p[n * 6 + axis * 3 + 2] = (float)d;
-            }
-        return p;
-    }
+    internal static float[] Params(Random rng, Case c) => ReferenceInputs.GlimpseParams(rng, c.N, c.H, c.W, c.Gh, c.Gw, c.Kind);
 
     [TestCaseSource(nameof(Cases))]
     public void ForwardMatchesReference(Case c)
@@ -226,16 +207,7 @@ public class GlimpseTests(string backend)
         TestUtil.AssertClose(_device.Download(tgam), rgam, 1e-6, "gamma");
     }
 
-    internal static float[] DrawInputs(Random rng, int N)
-    {
-        var d = new float[N * 5];
-        for (int n = 0; n < N; n++)
-        {
-            d[n * 5] = (float)(rng.NextDouble() - 0.5); d[n * 5 + 1] = (float)(rng.NextDouble() - 0.5);
-            d[n * 5 + 2] = (float)(rng.NextDouble() * 1.5); d[n * 5 + 3] = (float)(-1 + rng.NextDouble() * 0.8); d[n * 5 + 4] = (float)(rng.NextDouble() - 0.5);
-        }
-        return d;
-    }
+    internal static float[] DrawInputs(Random rng, int N) => ReferenceInputs.DrawInputs(rng, N);
 
     [Test]
     public void ShapeErrorsNameTheTensor()
@@ -272,12 +244,12 @@ public class GlimpseReferenceTests
         return Math.Sqrt(num / Math.Max(den, 1e-300));
     }
 
-    [TestCase(GlimpseTests.Kind.Typical)]
-    [TestCase(GlimpseTests.Kind.TinySigma)]
-    [TestCase(GlimpseTests.Kind.HugeSigma)]
-    [TestCase(GlimpseTests.Kind.Outside)]
-    [TestCase(GlimpseTests.Kind.NegativeStride)]
-    public void GradParamsMatchDoubleFiniteDifferences(GlimpseTests.Kind kind)
+    [TestCase(Kind.Typical)]
+    [TestCase(Kind.TinySigma)]
+    [TestCase(Kind.HugeSigma)]
+    [TestCase(Kind.Outside)]
+    [TestCase(Kind.NegativeStride)]
+    public void GradParamsMatchDoubleFiniteDifferences(Kind kind)
     {
         var c = new GlimpseTests.Case(2, 2, 13, 11, 5, 4, kind);
         var rng = new Random((int)kind + 100);

@@ -36,6 +36,9 @@ public class SdpaForwardTests(string backend)
         yield return new(2, 2, 2, 13, 29, 9, 11, MaskShape: [2, 2, 13, 29], Causal: true, BoolMask: true);
         yield return new(1, 1, 1, 17, 19, 33, 3, MaskShape: [1, 19]);     // broadcast over rows
         yield return new(1, 2, 1, 21, 130, 31, 7, Scale: 0.37f);
+        yield return new(1, 2, 2, 70, 70, 17, 23, Causal: true);          // causal, L = S over several blocks
+        yield return new(1, 1, 1, 33, 70, 200, 256, MaskShape: [33, 70]); // mask with large head dims
+        yield return new(2, 4, 2, 37, 53, 17, 23, Causal: true, MaskShape: [2, 4, 37, 53], Scale: 2f);   // mask + causal + scale
     }
 
     [TestCaseSource(nameof(Cases))]

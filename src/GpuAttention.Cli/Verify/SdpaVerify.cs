@@ -7,7 +7,7 @@ internal static class SdpaVerify
 {
     private const double Bound = 1e-5;
 
-    private sealed record Shape(int B, int Hq, int Hkv, int L, int S, int E, int Ev, bool Causal = false, int[]? Mask = null, bool BoolMask = false, float? Scale = null)
+    internal sealed record Shape(int B, int Hq, int Hkv, int L, int S, int E, int Ev, bool Causal = false, int[]? Mask = null, bool BoolMask = false, float? Scale = null)
     {
         public override string ToString() =>
             $"B{B} Hq{Hq} Hkv{Hkv} L{L} S{S} E{E} Ev{Ev}{(Causal ? " causal" : "")}"
@@ -31,51 +31,51 @@ internal static class SdpaVerify
         new(2, 2, 2, 13, 29, 9, 11, Causal: true, Mask: [2, 2, 13, 29], BoolMask: true), // [B, Hq, L, S] + causal
         new(1, 1, 1, 17, 19, 33, 3, Mask: [1, 19]),                    // broadcast over rows
         new(1, 2, 1, 21, 130, 31, 7, Scale: 0.37f),                    // custom scale
+        new(2, 8, 2, 509, 515, 64, 64, Causal: true),                  // GPU-sized: many tiles, GQA, causal
+        new(1, 4, 4, 257, 383, 128, 128),                              // GPU-sized: E = 128
     ];
 
     public static IEnumerable<VerifyCase> Cases() =>
         Forward.Select(s => new VerifyCase("sdpa", s.ToString(), (dev, rng) => RunForward(dev, rng, s)));
 
-    private static float[] Random(Random rng, long n)
+    /// <summary>A random additive mask of the case's mask shape (−∞ entries, one fully masked query row), or null.</summary>
+    internal static float[]? Mask(Random rng, Shape c)
     {
-        var a = new float[n];
-        for (long i = 0; i < n; i++) a[i] = (float)(rng.NextDouble() * 2 - 1);
-        return a;
+        if (c.Mask is null) return null;
+        long n = c.Mask.Aggregate(1L, (a, d) => a * d);
+        var mask = new float[n];
+        for (long i = 0; i < n; i++)
+            mask[i] = c.BoolMask ? (rng.NextDouble() < 0.3 ? float.NegativeInfinity : 0f)
+                : rng.NextDouble() < 0.1 ? float.NegativeInfinity : (float)(rng.NextDouble() * 2 - 1);
+        if (c.Mask[^2] > 2)                                            // one fully masked query row
+            for (int j = 0; j < c.Mask[^1]; j++) mask[2 * c.Mask[^1] + j] = float.NegativeInfinity;
+        return mask;
     }
+
+    /// <summary>The mask as the device takes it (bool masks through <see cref="Device.UploadMask"/>), or null.</summary>
+    internal static Tensor? UploadMask(Device dev, Shape c, float[]? mask) =>
+        mask is null ? null : c.BoolMask ? dev.UploadMask(mask.Select(x => x == 0f).ToArray(), c.Mask!) : dev.Upload(mask, c.Mask!);
 
     private static IReadOnlyList<VerifyResult> RunForward(Device dev, Random rng, Shape c)
     {
-        var q = Random(rng, (long)c.B * c.Hq * c.L * c.E);
-        var k = Random(rng, (long)c.B * c.Hkv * c.S * c.E);
-        var v = Random(rng, (long)c.B * c.Hkv * c.S * c.Ev);
-        float[]? mask = null;
-        if (c.Mask is not null)
-        {
-            long n = c.Mask.Aggregate(1L, (a, d) => a * d);
-            mask = new float[n];
-            for (long i = 0; i < n; i++)
-                mask[i] = c.BoolMask ? (rng.NextDouble() < 0.3 ? float.NegativeInfinity : 0f)
-                    : rng.NextDouble() < 0.1 ? float.NegativeInfinity : (float)(rng.NextDouble() * 2 - 1);
-            if (c.Mask[^2] > 2)                                        // one fully masked query row
-                for (int j = 0; j < c.Mask[^1]; j++) mask[2 * c.Mask[^1] + j] = float.NegativeInfinity;
-        }
+        var q = VerifyKit.Random(rng, (long)c.B * c.Hq * c.L * c.E);
+        var k = VerifyKit.Random(rng, (long)c.B * c.Hkv * c.S * c.E);
+        var v = VerifyKit.Random(rng, (long)c.B * c.Hkv * c.S * c.Ev);
+        var mask = Mask(rng, c);
         float scale = c.Scale ?? 1f / MathF.Sqrt(c.E);
         var (refOut, refLse) = ReferenceOps.SdpaForward(q, k, v, c.B, c.Hq, c.Hkv, c.L, c.S, c.E, c.Ev, scale, c.Causal, mask, c.Mask);
 
         using var tq = dev.Upload(q, c.B, c.Hq, c.L, c.E);
         using var tk = dev.Upload(k, c.B, c.Hkv, c.S, c.E);
         using var tv = dev.Upload(v, c.B, c.Hkv, c.S, c.Ev);
-        using var tm = mask is null ? null
-            : c.BoolMask ? dev.UploadMask(mask.Select(x => x == 0f).ToArray(), c.Mask!) : dev.Upload(mask, c.Mask!);
-        using var to = dev.Allocate(c.B, c.Hq, c.L, c.Ev);
-        using var tl = dev.Allocate(c.B, c.Hq, c.L);
-        dev.Fill(to, float.NaN);                                       // poison: unwritten elements fail
-        dev.Fill(tl, float.NaN);
+        using var tm = UploadMask(dev, c, mask);
+        using var to = VerifyKit.Poisoned(dev, c.B, c.Hq, c.L, c.Ev);  // poison: unwritten elements fail
+        using var tl = VerifyKit.Poisoned(dev, c.B, c.Hq, c.L);
         dev.Sdpa(tq, tk, tv, to, tl, tm, new SdpaOptions(c.Causal, c.Scale));
         return
         [
-            new("out", ReferenceOps.RelativeError(dev.Download(to), refOut), Bound),
-            new("lse", ReferenceOps.RelativeError(dev.Download(tl), refLse), Bound),
+            VerifyKit.Check(dev, "out", to, refOut, Bound),
+            VerifyKit.Check(dev, "lse", tl, refLse, Bound),
         ];
     }
 }

@@ -3,9 +3,11 @@ using System.Globalization;
 namespace GpuAttention.Cli.Verify;
 
 /// <summary>
-/// <c>gpuattention verify [--backend B] [--seed N]</c>: every case of <see cref="VerifyTable"/> on one backend against
-/// the double-precision reference, one row per case, last line exactly <c>N passed, N failed</c>; exit code 0 only
-/// when every case passed.
+/// <c>gpuattention verify [--backend B] [--seed N] [--only OP[,OP...]]</c>: every case of <see cref="VerifyTable"/> (or those whose op
+/// is one of <c>--only</c>'s, e.g. <c>gemm,sdpa-backward</c>) on one backend against the double-precision reference, one row per case,
+/// last line exactly <c>N passed, N failed</c>; exit code 0 only when every case passed. Every tensor the device allocates starts as NaN.
+/// The hidden option <c>--perturb</c> disturbs every result before it is compared (see <see cref="VerifyKit.Perturb"/>): every case must
+/// then fail, which the test suite checks.
 /// </summary>
 internal static class VerifyCommand
 {
@@ -14,6 +16,8 @@ internal static class VerifyCommand
         var args = argSpan.ToArray();
         string backend = "cpu";
         int seed = 1;
+        HashSet<string>? only = null;
+        VerifyKit.Perturb = false;
         for (int i = 0; i < args.Length; i++)
         {
             string a = args[i];
@@ -28,17 +32,30 @@ internal static class VerifyCommand
                             throw new UsageException($"--seed: expected an integer, got '{v}'");
                         break;
                     }
+                case "--only":
+                    {
+                        only = [.. Value().Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)];
+                        var known = VerifyTable.All.Select(c => c.Op).ToHashSet();
+                        var unknown = only.FirstOrDefault(o => !known.Contains(o));
+                        if (unknown is not null || only.Count == 0)
+                            throw new UsageException($"--only: unknown op '{unknown}' (expected some of {string.Join(", ", known)})");
+                        break;
+                    }
+                case "--perturb": VerifyKit.Perturb = true; break;
                 default: throw new UsageException($"verify: unknown option '{a}'");
             }
         }
         Program.ValidateBackendName(backend);
         using var device = Device.Open(backend);
+        device.PoisonAllocations = true;                                // results a layer allocates itself start as NaN too
         Console.Out.WriteLine($"verify on {device.Spec} ({device.Name}), seed {seed}, against the double-precision reference");
 
         int passed = 0, failed = 0, index = 0;
+        var clock = System.Diagnostics.Stopwatch.StartNew();
         foreach (var c in VerifyTable.All)
         {
-            var rng = new Random(unchecked(seed * 1_000_003 + index++));
+            var rng = new Random(unchecked(seed * 1_000_003 + index++));   // a case's inputs do not depend on --only
+            if (only is not null && !only.Contains(c.Op)) continue;
             string detail;
             bool ok;
             try
@@ -54,8 +71,9 @@ internal static class VerifyCommand
                 detail = $"error: {e.GetType().Name}: {e.Message.ReplaceLineEndings(" ")}";
             }
             if (ok) passed++; else failed++;
-            Console.Out.WriteLine($"{c.Op,-22} {c.Shape,-56} {detail}  {(ok ? "PASS" : "FAIL")}");
+            Console.Out.WriteLine($"{c.Op,-26} {c.Shape,-56} {detail}  {(ok ? "PASS" : "FAIL")}");
         }
+        Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"({clock.Elapsed.TotalSeconds:0.0} s)"));
         Console.Out.WriteLine($"{passed} passed, {failed} failed");
         return failed == 0 ? 0 : 1;
     }
