@@ -75,3 +75,27 @@ public class CpuSdpaPathTests
         Assert.That(worst, Is.LessThan(5e-7), "worst relative error of the vectorised exp");
     }
 }
+
+/// <summary>The CPU GEMM's AVX-512 micro-kernel (4×64) and its portable Vector&lt;T&gt; micro-kernel, each against the reference.</summary>
+[NonParallelizable]
+public class CpuGemmPathTests
+{
+    private static IEnumerable<TestCaseData> Both()
+    {
+        foreach (bool fast in new[] { true, false })
+            foreach (var c in GemmTests.Cases().Append(new GemmTests.Case(2, 67, 200, 300, false, true, 1f, 0.5f)))   // K over two depth blocks
+                yield return new TestCaseData(fast, c).SetName($"{(fast ? "avx512" : "portable")} {c}");
+    }
+
+    [TestCaseSource(nameof(Both))]
+    public void PathMatchesReference(bool fast, GemmTests.Case c)
+    {
+        if (fast && !(System.Runtime.Intrinsics.X86.Avx512F.IsSupported && Vector512.IsHardwareAccelerated))
+            Assert.Ignore("this CPU has no AVX-512F: only the portable path exists here");
+        bool saved = CpuBackend.FastGemm;
+        CpuBackend.FastGemm = fast;
+        var t = new GemmTests("cpu");
+        try { t.Open(); t.MatchesReference(c); }
+        finally { t.Close(); CpuBackend.FastGemm = saved; }
+    }
+}
