@@ -2,13 +2,20 @@
 """Comparison run: every case on each GpuAttention backend (through the CLI's --repeat, which times the op on the
 device, synchronised, without copies or compilation) beside PyTorch on the same inputs, in the same run.
 
-    /usr/bin/python3 bench/compare.py [--backends cpu,opencl] [--threads 2] [--repeat 5] [--only sdpa] [--out bench/results/NAME.md]
+    /usr/bin/python3 bench/compare.py [--backends cpu,opencl] [--threads 2] [--repeat 5] [--only sdpa,...] [--out bench/results/NAME.md]
+
+Families (--only): sdpa (forward), sdpa-train (forward + backward: the CLI's `run sdpa` + `run sdpa-backward`),
+glimpse, grid-sample (forward, and forward + backward), sdpa-sweep (L = S = 128 ... 8192: time ∝ L², memory ∝ L;
+the peak RSS of the process that ran the op is reported beside the time — the CLI process for GpuAttention, a fresh
+Python process running the peer once for PyTorch, both including their runtime's baseline).
+A case whose CLI side is two ops sums the two medians.
 
 PyTorch 1.13 (Debian python3-torch, OpenBLAS) has no fused CPU SDPA: its peer is what a user writes,
 softmax(q kᵀ·scale [+ mask]) v, and autograd for backward. FLOPs: SDPA forward 2·B·H·L·S·(E+Ev) (causal not
 discounted); backward counted as 2.5× forward.
 """
 import argparse, json, math, os, platform, subprocess, sys, tempfile, time
+import importlib.util
 import numpy as np
 import torch
 
@@ -41,18 +48,110 @@ def sdpa_case(B, H, L, S, E, causal):
                 opts=["--causal"] if causal else [], inputs=dict(q=q, k=k, v=v),
                 work=2.0 * B * H * L * S * (E + E), unit="GFLOP/s", peer=peer)
 
+def sdpa_train_case(B, H, L, S, E, causal):
+    """Forward + backward. CLI: `run sdpa` then `run sdpa-backward` on its out/lse; peer: autograd."""
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.uniform(-1, 1, (B, H, n, E)).astype(np.float32) for n in (L, S, S))
+    go = rng.uniform(-1, 1, (B, H, L, E)).astype(np.float32)
+    with torch.no_grad():
+        o64 = torch_sdpa(*(torch.from_numpy(x).double() for x in (q, k, v)), causal)
+        s = (torch.from_numpy(q).double() @ torch.from_numpy(k).double().transpose(-2, -1)) / math.sqrt(E)
+        if causal: s = s.masked_fill(torch.ones(L, S, dtype=torch.bool).triu(1), float("-inf"))
+        lse = torch.logsumexp(s, -1)
+    def peer():
+        tq, tk, tv = (torch.from_numpy(x).requires_grad_() for x in (q, k, v))
+        torch_sdpa(tq, tk, tv, causal).backward(torch.from_numpy(go))
+    return dict(name=f"sdpa fwd+bwd B{B} H{H} L{L} S{S} E{E}{' causal' if causal else ''}", op=["sdpa", "sdpa-backward"],
+                opts=["--causal"] if causal else [],
+                inputs=dict(q=q, k=k, v=v, out=o64.float().numpy(), lse=lse.float().numpy(), grad_out=go),
+                work=3.5 * 2.0 * B * H * L * S * (E + E), unit="GFLOP/s", peer=peer)
+
+def _peer_module(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "bench/peers", name + ".py"))
+    m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); return m
+
+def glimpse_case(N, C, size, g):
+    gl = _peer_module("glimpse_torch")
+    rng = np.random.default_rng(0)
+    img = rng.uniform(-1, 1, (N, C, size, size)).astype(np.float32)
+    p = np.zeros((N, 6), np.float32)
+    for n in range(N):   # glimpses inside the image: centre, stride and sigma of a zoom between 0.5× and 1×
+        for ax in range(2):
+            d = rng.uniform(0.5, 1.0) * size / g
+            p[n, 3 * ax:3 * ax + 3] = (rng.uniform(0, size - d * g), d * rng.uniform(0.5, 1.0), d)
+    ti, tp = torch.from_numpy(img), torch.from_numpy(p)
+    def peer():
+        with torch.no_grad(): gl.gaussian_glimpse(ti, tp, g, g)
+    # MB/s of compulsory traffic: the image read once and the glimpse written once.
+    return dict(name=f"glimpse N{N} C{C} {size}²→{g}²", op="glimpse", opts=["--size", f"{g},{g}"],
+                inputs=dict(image=img, params=p), work=4e3 * (img.size + N * C * g * g), unit="MB/s", peer=peer)
+
+def grid_sample_case(N, C, size, out, backward):
+    import torch.nn.functional as F
+    rng = np.random.default_rng(0)
+    inp = rng.uniform(-1, 1, (N, C, size, size)).astype(np.float32)
+    theta = np.tile(np.array([[0.8, -0.3, 0.1], [0.3, 0.8, -0.05]], np.float32), (N, 1, 1))
+    theta += rng.uniform(-0.05, 0.05, theta.shape).astype(np.float32)
+    grid = F.affine_grid(torch.from_numpy(theta), (N, C, out, out), align_corners=False).numpy()
+    go = rng.uniform(-1, 1, (N, C, out, out)).astype(np.float32)
+    def peer():
+        ti = torch.from_numpy(inp).requires_grad_(backward); tg = torch.from_numpy(grid).requires_grad_(backward)
+        if backward:
+            F.grid_sample(ti, tg, mode="bilinear", padding_mode="zeros", align_corners=False).backward(torch.from_numpy(go))
+        else:
+            with torch.no_grad(): F.grid_sample(ti, tg, mode="bilinear", padding_mode="zeros", align_corners=False)
+    outputs = N * C * out * out
+    return dict(name=f"grid_sample{' fwd+bwd' if backward else ''} N{N} C{C} {size}²→{out}² bilinear",
+                op=["grid-sample", "grid-sample-backward"] if backward else "grid-sample",
+                opts=["--mode", "bilinear", "--padding", "zeros"], inputs=dict(input=inp, grid=grid, grad_out=go),
+                work=outputs * 1e3, unit="Moutput/s", peer=peer)
+
+def sdpa_sweep():
+    cases = []
+    for L in (128, 256, 512, 1024, 2048, 4096, 8192):
+        c = sdpa_case(1, 8, L, L, 64, False); c["memory"] = True; cases.append(c)
+    return cases
+
 CASES = {
     "sdpa": lambda: [sdpa_case(1, 8, 1024, 1024, 64, False), sdpa_case(1, 8, 1024, 1024, 64, True)],
+    "sdpa-train": lambda: [sdpa_train_case(1, 8, 1024, 1024, 64, False), sdpa_train_case(1, 8, 1024, 1024, 64, True)],
+    "glimpse": lambda: [glimpse_case(16, 16, 128, 32)],
+    "grid-sample": lambda: [grid_sample_case(16, 16, 128, 64, False), grid_sample_case(16, 16, 128, 64, True)],
+    "sdpa-sweep": sdpa_sweep,
 }
 
+def run_measured(cmd):
+    """Runs cmd; returns (returncode, stdout, stderr, peak RSS in MiB of that process)."""
+    with tempfile.TemporaryFile() as fo, tempfile.TemporaryFile() as fe:
+        p = subprocess.Popen(cmd, stdout=fo, stderr=fe)
+        _, status, ru = os.wait4(p.pid, 0)
+        p.returncode = os.waitstatus_to_exitcode(status)
+        fo.seek(0); fe.seek(0)
+        return p.returncode, fo.read().decode(), fe.read().decode(), ru.ru_maxrss / 1024.0
+
 def run_cli(case, backend, warmup, repeat):
+    """Times every CLI op of the case (a list of ops is timed op by op and the medians summed)."""
+    ops = case["op"] if isinstance(case["op"], list) else [case["op"]]
+    total, res, rss = 0.0, None, 0.0
     with tempfile.TemporaryDirectory() as d:
         for n, a in case["inputs"].items(): np.save(os.path.join(d, n + ".npy"), a)
-        cmd = ["dotnet", CLI, "run", case["op"], "--backend", backend, "--in", d, "--out", d,
-               "--warmup", str(warmup), "--repeat", str(repeat)] + case["opts"]
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        if r.returncode != 0: return None, r.stderr.strip()
-        return json.loads(r.stdout.strip().splitlines()[-1]), None
+        for op in ops:
+            cmd = ["dotnet", CLI, "run", op, "--backend", backend, "--in", d, "--out", os.path.join(d, "o"),
+                   "--warmup", str(warmup), "--repeat", str(repeat)] + case["opts"]
+            os.makedirs(os.path.join(d, "o"), exist_ok=True)
+            rc, out, err, mib = run_measured(cmd)
+            if rc != 0: return None, err.strip()
+            res = json.loads(out.strip().splitlines()[-1])
+            total += res["median_ms"]; rss = max(rss, mib)
+    res["median_ms"] = total; res["peak_rss_mib"] = rss
+    return res, None
+
+def peer_rss(family, index, threads):
+    """Peak RSS (MiB) of a fresh Python process that builds the case and runs its peer once."""
+    code = (f"import sys, torch; sys.path.insert(0, {os.path.join(ROOT, 'bench')!r}); import compare; "
+            f"torch.set_num_threads({threads}); c = compare.CASES[{family!r}]()[{index}]; c['peer']()")
+    rc, _, err, mib = run_measured([sys.executable, "-c", code])
+    return mib if rc == 0 else float("nan")
 
 def main():
     ap = argparse.ArgumentParser()
@@ -71,16 +170,19 @@ def main():
              f"peer: torch {torch.__version__} ({a.threads} threads); median of {a.repeat} after {a.warmup} warm-up", "",
              "| case | backend | device | median ms | rate | vs torch |", "|---|---|---|---|---|---|"]
     for fam in a.only.split(","):
-        for case in CASES[fam]():
+        for idx, case in enumerate(CASES[fam]()):
             t_peer = timeit(case["peer"], a.warmup, a.repeat)
             rate = lambda ms: case["work"] / ms / 1e6
-            lines.append(f"| {case['name']} | torch | {a.threads} threads | {t_peer:.2f} | {rate(t_peer):.2f} {case['unit']} | 1.00× |")
+            mem = case.get("memory", False)
+            rss = lambda mib: f"; peak RSS {mib:.0f} MiB" if mem else ""
+            lines.append(f"| {case['name']} | torch | {a.threads} threads{rss(peer_rss(fam, idx, a.threads)) if mem else ''} "
+                         f"| {t_peer:.2f} | {rate(t_peer):.2f} {case['unit']} | 1.00× |")
             for be in a.backends.split(","):
                 res, err = run_cli(case, be, a.warmup, a.repeat)
                 if res is None:
                     lines.append(f"| {case['name']} | {be} | — | — | — | failed: {err} |"); continue
                 ms = res["median_ms"]
-                lines.append(f"| {case['name']} | {be} | {res['device']} | {ms:.2f} | {rate(ms):.2f} {case['unit']} | {t_peer / ms:.2f}× |")
+                lines.append(f"| {case['name']} | {be} | {res['device']}{rss(res['peak_rss_mib'])} | {ms:.2f} | {rate(ms):.2f} {case['unit']} | {t_peer / ms:.2f}× |")
             print(lines[-1 - len(a.backends.split(","))], *lines[-len(a.backends.split(",")):], sep="\n", flush=True)
     text = "\n".join(lines) + "\n"
     if a.out:

@@ -1,5 +1,7 @@
 using System.Numerics;
 using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 
 namespace GpuAttention.Backends.Cpu;
 
@@ -16,6 +18,9 @@ internal sealed unsafe partial class CpuBackend : IGemmBackend
     internal const int GemmDepthBlock = 256;
 
     [ThreadStatic] private static float[]? t_gemmPanel;
+
+    /// <summary>True where the AVX-512 micro-kernel (4 rows × 64 columns, 16 zmm accumulators) runs; tests switch it off.</summary>
+    internal static bool FastGemm = Avx512F.IsSupported && Vector512.IsHardwareAccelerated;
 
     public void Gemm(in GemmArgs g)
     {
@@ -38,7 +43,9 @@ internal sealed unsafe partial class CpuBackend : IGemmBackend
     {
         int W = Vector<float>.Count;
         int mb = Math.Min(GemmRowBlock, g.M - m0), nb = Math.Min(GemmColBlock, g.N - n0);
-        int nbPad = (nb + 2 * W - 1) / (2 * W) * (2 * W);
+        bool fast = FastGemm;
+        int tileW = fast ? 64 : 2 * W;
+        int nbPad = (nb + tileW - 1) / tileW * tileW;
         float* a0 = A + g.OffA + t * g.StrideA;
         float* b0 = Bm + g.OffB + t * g.StrideB;
         float* c0 = C + g.OffC + t * g.StrideC + (long)m0 * g.Ldc + n0;
@@ -75,6 +82,16 @@ internal sealed unsafe partial class CpuBackend : IGemmBackend
             float beta = k0 == 0 ? g.Beta : 1f;
             float* aBlk = a0 + (long)m0 * mStep + (long)k0 * kStep;
             int r = 0;
+            if (fast)
+            {
+                for (; r + 4 <= mb; r += 4)
+                    for (int c = 0; c < nbPad; c += 64)
+                        Micro4x64(aBlk + r * mStep, mStep, kStep, panel + c, nbPad, kb, c0 + (long)r * g.Ldc + c, g.Ldc, Math.Min(64, nb - c), g.Alpha, beta);
+                for (; r < mb; r++)
+                    for (int c = 0; c < nbPad; c += 64)
+                        Micro1x64(aBlk + r * mStep, kStep, panel + c, nbPad, kb, c0 + (long)r * g.Ldc + c, Math.Min(64, nb - c), g.Alpha, beta);
+                continue;
+            }
             for (; r + 4 <= mb; r += 4)
                 for (int c = 0; c < nbPad; c += 2 * W)
                     Micro4(aBlk + r * mStep, mStep, kStep, panel + c, nbPad, kb, c0 + (long)r * g.Ldc + c, g.Ldc, Math.Min(2 * W, nb - c), g.Alpha, beta);
@@ -139,5 +156,74 @@ internal sealed unsafe partial class CpuBackend : IGemmBackend
             c1 = Vector.FusedMultiplyAdd(x, Vector.Load(p + kk * ldp + W), c1);
         }
         StoreC(c, cols, c0, c1, alpha, beta);
+    }
+
+    /// <summary>Stores alpha·acc + beta·C for up to 64 columns (beta 0: C not read).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void StoreC64(float* c, int cols, Vector512<float> x0, Vector512<float> x1, Vector512<float> x2, Vector512<float> x3, float alpha, float beta)
+    {
+        var al = Vector512.Create(alpha);
+        x0 *= al; x1 *= al; x2 *= al; x3 *= al;
+        if (cols == 64)
+        {
+            if (beta != 0)
+            {
+                var be = Vector512.Create(beta);
+                x0 = Avx512F.FusedMultiplyAdd(Vector512.Load(c), be, x0); x1 = Avx512F.FusedMultiplyAdd(Vector512.Load(c + 16), be, x1);
+                x2 = Avx512F.FusedMultiplyAdd(Vector512.Load(c + 32), be, x2); x3 = Avx512F.FusedMultiplyAdd(Vector512.Load(c + 48), be, x3);
+            }
+            x0.Store(c); x1.Store(c + 16); x2.Store(c + 32); x3.Store(c + 48);
+            return;
+        }
+        float* tmp = stackalloc float[64];
+        x0.Store(tmp); x1.Store(tmp + 16); x2.Store(tmp + 32); x3.Store(tmp + 48);
+        for (int j = 0; j < cols; j++) c[j] = beta == 0 ? tmp[j] : tmp[j] + beta * c[j];
+    }
+
+    /// <summary>C[4×64] = alpha·A[4×kb]·P[kb×64] + beta·C with 16 zmm accumulators: 4 panel loads and 4 broadcasts per 16 FMAs.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Micro4x64(float* a, long mStep, long kStep, float* p, int ldp, int kb, float* c, int ldc, int cols, float alpha, float beta)
+    {
+        Vector512<float> c00 = default, c01 = default, c02 = default, c03 = default;
+        Vector512<float> c10 = default, c11 = default, c12 = default, c13 = default;
+        Vector512<float> c20 = default, c21 = default, c22 = default, c23 = default;
+        Vector512<float> c30 = default, c31 = default, c32 = default, c33 = default;
+        float* a1 = a + mStep, a2 = a1 + mStep, a3 = a2 + mStep;
+        for (int kk = 0; kk < kb; kk++)
+        {
+            float* pk = p + (long)kk * ldp;
+            var b0 = Vector512.Load(pk); var b1 = Vector512.Load(pk + 16); var b2 = Vector512.Load(pk + 32); var b3 = Vector512.Load(pk + 48);
+            long ko = kk * kStep;
+            var x = Vector512.Create(a[ko]);
+            c00 = Avx512F.FusedMultiplyAdd(x, b0, c00); c01 = Avx512F.FusedMultiplyAdd(x, b1, c01);
+            c02 = Avx512F.FusedMultiplyAdd(x, b2, c02); c03 = Avx512F.FusedMultiplyAdd(x, b3, c03);
+            x = Vector512.Create(a1[ko]);
+            c10 = Avx512F.FusedMultiplyAdd(x, b0, c10); c11 = Avx512F.FusedMultiplyAdd(x, b1, c11);
+            c12 = Avx512F.FusedMultiplyAdd(x, b2, c12); c13 = Avx512F.FusedMultiplyAdd(x, b3, c13);
+            x = Vector512.Create(a2[ko]);
+            c20 = Avx512F.FusedMultiplyAdd(x, b0, c20); c21 = Avx512F.FusedMultiplyAdd(x, b1, c21);
+            c22 = Avx512F.FusedMultiplyAdd(x, b2, c22); c23 = Avx512F.FusedMultiplyAdd(x, b3, c23);
+            x = Vector512.Create(a3[ko]);
+            c30 = Avx512F.FusedMultiplyAdd(x, b0, c30); c31 = Avx512F.FusedMultiplyAdd(x, b1, c31);
+            c32 = Avx512F.FusedMultiplyAdd(x, b2, c32); c33 = Avx512F.FusedMultiplyAdd(x, b3, c33);
+        }
+        StoreC64(c, cols, c00, c01, c02, c03, alpha, beta);
+        StoreC64(c + ldc, cols, c10, c11, c12, c13, alpha, beta);
+        StoreC64(c + 2L * ldc, cols, c20, c21, c22, c23, alpha, beta);
+        StoreC64(c + 3L * ldc, cols, c30, c31, c32, c33, alpha, beta);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Micro1x64(float* a, long kStep, float* p, int ldp, int kb, float* c, int cols, float alpha, float beta)
+    {
+        Vector512<float> c0 = default, c1 = default, c2 = default, c3 = default;
+        for (int kk = 0; kk < kb; kk++)
+        {
+            float* pk = p + (long)kk * ldp;
+            var x = Vector512.Create(a[kk * kStep]);
+            c0 = Avx512F.FusedMultiplyAdd(x, Vector512.Load(pk), c0); c1 = Avx512F.FusedMultiplyAdd(x, Vector512.Load(pk + 16), c1);
+            c2 = Avx512F.FusedMultiplyAdd(x, Vector512.Load(pk + 32), c2); c3 = Avx512F.FusedMultiplyAdd(x, Vector512.Load(pk + 48), c3);
+        }
+        StoreC64(c, cols, c0, c1, c2, c3, alpha, beta);
     }
 }

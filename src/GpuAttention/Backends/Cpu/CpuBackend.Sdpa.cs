@@ -23,6 +23,7 @@ internal sealed unsafe partial class CpuBackend : ISdpaBackend
     {
         var s = a.Shape;
         if (s.B == 0 || s.Hq == 0 || s.L == 0) return;
+        if (FastSdpa) { SdpaForwardFast(a); return; }
         nint q = (nint)Ptr(a.Q), k = (nint)Ptr(a.K), v = (nint)Ptr(a.V), mask = (nint)Ptr(a.Mask), o = (nint)Ptr(a.Out), lse = (nint)Ptr(a.Lse);
         int qBlocks = (s.L + QueryBlock - 1) / QueryBlock;
         long items = (long)s.B * s.Hq * qBlocks;

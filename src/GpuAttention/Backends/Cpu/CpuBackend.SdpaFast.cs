@@ -1,0 +1,418 @@
+using System.Numerics.Tensors;
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+
+namespace GpuAttention.Backends.Cpu;
+
+/// <summary>
+/// SDPA forward with AVX-512 micro-kernels (used when <see cref="Avx512F"/> is present; otherwise the portable
+/// <see cref="Vector{T}"/> path of CpuBackend.Sdpa.cs runs). Work items are (batch·head, chunk of queries[, chunk of
+/// keys]) run on <see cref="CpuWorkers"/>. Each item packs its keys once, transposed into blocks Kᵀ[E][<see cref="FKB"/>]
+/// (zero padded), so the score micro-kernel (4 queries × 64 keys, 16 zmm accumulators, one broadcast of q per query
+/// and four contiguous Kᵀ loads per e) streams contiguous vectors; V rows are used as vectors in place (copied to a
+/// 16-float padded layout only when Ev % 16 ≠ 0). Per sub-block of <see cref="FQB"/> queries (pre-scaled by the
+/// softmax scale) it walks the key blocks with an online softmax whose exp is a vectorised polynomial
+/// (<see cref="Exp"/>), and accumulates O += P·V with a 4 queries × 64 columns micro-kernel. Memory per thread is
+/// O(keys·(E + Ev) + FQB·(FKB + Ev)), never L×S.
+/// </summary>
+internal sealed unsafe partial class CpuBackend
+{
+    /// <summary>True where the AVX-512 SDPA forward runs; tests switch it off to cover the portable path.</summary>
+    internal static bool FastSdpa = Avx512F.IsSupported && Vector512.IsHardwareAccelerated;
+
+    internal const int FQB = 32;    // queries per sub-block (a multiple of 4)
+    internal const int FKB = 128;   // keys per block (a multiple of 64)
+
+    [ThreadStatic] private static float[]? t_fastArr;
+    [ThreadStatic] private static nint t_fastPtr;
+
+    /// <summary>A 64-byte aligned per-thread scratch of at least n floats, grown (never shrunk) on demand.</summary>
+    private static float* FastScratch(long n)
+    {
+        var arr = t_fastArr;
+        if (arr is null || arr.Length < n + 16)
+        {
+            arr = t_fastArr = GC.AllocateUninitializedArray<float>(checked((int)Math.Max(n + 16, 1 << 14)), pinned: true);
+            fixed (float* p = arr) t_fastPtr = ((nint)p + 63) & ~(nint)63;
+        }
+        return (float*)t_fastPtr;
+    }
+
+    private struct FastCtx
+    {
+        public SdpaShape S;
+        public float* Q, K, V, Mask, O, Lse, Parts;
+        public int QChunks, ChunkRows, Splits, KeyChunk, PartStride;
+    }
+
+    private static void SdpaForwardFast(in SdpaForwardArgs a)
+    {
+        var s = a.Shape;
+        int threads = CpuWorkers.Threads;
+        long heads = (long)s.B * s.Hq;
+        // Query chunks: enough items for load balance (causal rows differ in cost), each a multiple of FQB rows.
+        int maxChunks = (s.L + FQB - 1) / FQB;
+        int qChunks = (int)Math.Clamp((8L * threads + heads - 1) / heads, 1, maxChunks);
+        int chunkRows = ((s.L + qChunks - 1) / qChunks + FQB - 1) / FQB * FQB;
+        qChunks = (s.L + chunkRows - 1) / chunkRows;
+        long items = heads * qChunks;
+        // Few items (decoding): split the keys too, then merge the partial (m, l, acc) of each row (flash-decoding).
+        int splits = 1;
+        if (!s.Causal && items < 2 * threads)
+            splits = (int)Math.Min((2 * threads + items - 1) / items, Math.Max(1, s.S / (2 * FKB)));
+        int keyChunk = splits == 1 ? s.S : ((s.S + splits - 1) / splits + FKB - 1) / FKB * FKB;
+        if (splits > 1) splits = (s.S + keyChunk - 1) / keyChunk;
+        if (items * splits > int.MaxValue) throw new NotSupportedException("too many attention rows for one call");
+
+        var ctx = new FastCtx
+        {
+            S = s, Q = Ptr(a.Q), K = Ptr(a.K), V = Ptr(a.V), Mask = Ptr(a.Mask), O = Ptr(a.Out), Lse = Ptr(a.Lse),
+            QChunks = qChunks, ChunkRows = chunkRows, Splits = splits, KeyChunk = keyChunk,
+            PartStride = chunkRows * (s.Ev + 2),
+        };
+        if (splits == 1)
+        {
+            CpuWorkers.For((int)items, &FastItem, &ctx);
+            return;
+        }
+        long partsLen = items * splits * ctx.PartStride;
+        var parts = s_splitParts;
+        if (parts is null || parts.Length < partsLen) s_splitParts = parts = GC.AllocateUninitializedArray<float>(checked((int)partsLen), pinned: true);
+        fixed (float* pp = parts)
+        {
+            ctx.Parts = pp;
+            CpuWorkers.For((int)(items * splits), &FastItem, &ctx);
+            for (long item = 0; item < items; item++)
+            {
+                int qc = (int)(item % qChunks);
+                long bh = item / qChunks;
+                int i0 = qc * chunkRows, qn = Math.Min(chunkRows, s.L - i0);
+                MergeSplits(s, bh, i0, qn, chunkRows, splits, pp + item * splits * ctx.PartStride, ctx.PartStride, ctx.O, ctx.Lse);
+            }
+        }
+    }
+
+    // Split-key partials (grow-only, per calling thread; only the decoding path uses them).
+    [ThreadStatic] private static float[]? s_splitParts;
+
+    /// <summary>Merges per-chunk (acc [rows][Ev], m [rows], l [rows]) of rows i0..i0+qn of head bh.</summary>
+    private static void MergeSplits(in SdpaShape s, long bh, int i0, int qn, int rows, int splits, float* parts, int partStride, float* o, float* lse)
+    {
+        int Ev = s.Ev;
+        for (int r = 0; r < qn; r++)
+        {
+            long row = bh * s.L + i0 + r;
+            var dst = new Span<float>(o + row * Ev, Ev);
+            float M = float.NegativeInfinity;
+            bool nan = false;
+            for (int c = 0; c < splits; c++)
+            {
+                float m = parts[c * partStride + rows * Ev + r];
+                nan |= float.IsNaN(m);
+                if (m > M) M = m;
+            }
+            if (nan) { dst.Fill(float.NaN); lse[row] = float.NaN; continue; }
+            if (float.IsNegativeInfinity(M)) { dst.Clear(); lse[row] = float.NegativeInfinity; continue; }
+            dst.Clear();
+            float l = 0;
+            for (int c = 0; c < splits; c++)
+            {
+                float* part = parts + c * partStride;
+                float m = part[rows * Ev + r];
+                if (float.IsNegativeInfinity(m)) continue;
+                float w = MathF.Exp(m - M);
+                l += part[rows * Ev + rows + r] * w;
+                TensorPrimitives.MultiplyAdd(new ReadOnlySpan<float>(part + r * Ev, Ev), w, dst, dst);
+            }
+            TensorPrimitives.Multiply(dst, 1f / l, dst);
+            lse[row] = M + MathF.Log(l);
+        }
+    }
+
+    private static void FastItem(void* pctx, int work)
+    {
+        ref FastCtx c = ref Unsafe.AsRef<FastCtx>(pctx);
+        ref readonly SdpaShape s = ref c.S;
+        int split = work % c.Splits;
+        int item = work / c.Splits;
+        int qc = item % c.QChunks;
+        long bh = item / c.QChunks;
+        int b = (int)(bh / s.Hq), h = (int)(bh % s.Hq), hk = h / s.Group;
+        int rowBegin = qc * c.ChunkRows, rowEnd = Math.Min(s.L, rowBegin + c.ChunkRows);
+        int jBegin = split * c.KeyChunk, jEnd = Math.Min(s.S, jBegin + c.KeyChunk);
+        if (s.Causal) jEnd = Math.Min(jEnd, rowEnd);   // key j is kept for query i when j <= i
+        int E = s.E, Ev = s.Ev;
+        int EvPad = (Ev + 15) & ~15;
+        int nKeys = Math.Max(0, jEnd - jBegin);
+        int nBlocks = (nKeys + FKB - 1) / FKB;
+        bool packV = Ev != EvPad;
+
+        long ktLen = (long)nBlocks * E * FKB;
+        long vpLen = packV ? (long)nBlocks * FKB * EvPad : 0;
+        long tileLen = FQB * E + FQB * FKB + FQB * EvPad + 2 * FQB;
+        float* kt = FastScratch(ktLen + vpLen + tileLen + 64);
+        float* vp = kt + ktLen;
+        float* qp = vp + vpLen;
+        float* sc = qp + FQB * E;
+        float* acc = sc + FQB * FKB;
+        float* m = acc + FQB * EvPad;
+        float* l = m + FQB;
+
+        float* kHead = c.K + ((long)b * s.Hkv + hk) * s.S * E;
+        float* vHead = c.V + ((long)b * s.Hkv + hk) * s.S * Ev;
+        // Pack Kᵀ blocks: kt[blk][e][jj] = k[jBegin + blk·FKB + jj][e], zero beyond the last key.
+        for (int blk = 0; blk < nBlocks; blk++)
+        {
+            float* dst = kt + (long)blk * E * FKB;
+            int j0 = jBegin + blk * FKB, kn = Math.Min(FKB, jEnd - j0);
+            if (kn < FKB) new Span<float>(dst, E * FKB).Clear();
+            TransposeInto(kHead + (long)j0 * E, E, kn, dst);
+        }
+        int vStride = Ev;
+        float* vBase = vHead + (long)jBegin * Ev;
+        if (packV)
+        {
+            vStride = EvPad;
+            for (int j = 0; j < nKeys; j++)
+            {
+                float* d = vp + (long)j * EvPad;
+                new ReadOnlySpan<float>(vHead + (long)(jBegin + j) * Ev, Ev).CopyTo(new Span<float>(d, Ev));
+                new Span<float>(d + Ev, EvPad - Ev).Clear();
+            }
+            vBase = vp;
+        }
+
+        long maskBase = b * s.MaskStrideB + h * s.MaskStrideH;
+        float scale = s.Scale;
+        for (int i0 = rowBegin; i0 < rowEnd; i0 += FQB)
+        {
+            int qn = Math.Min(FQB, rowEnd - i0);
+            int qr = (qn + 3) & ~3;
+            // Pack the queries, pre-scaled; padding rows are zero.
+            float* qSrc = c.Q + (((long)b * s.Hq + h) * s.L + i0) * E;
+            for (int r = 0; r < qn; r++)
+                TensorPrimitives.Multiply(new ReadOnlySpan<float>(qSrc + (long)r * E, E), scale, new Span<float>(qp + r * E, E));
+            if (qr > qn) new Span<float>(qp + qn * E, (qr - qn) * E).Clear();
+            new Span<float>(acc, qr * EvPad).Clear();
+            for (int r = 0; r < FQB; r++) { m[r] = float.NegativeInfinity; l[r] = 0; }
+
+            int kEnd = s.Causal ? Math.Min(jEnd, i0 + qn) : jEnd;
+            for (int j0 = jBegin; j0 < kEnd; j0 += FKB)
+            {
+                int blk = (j0 - jBegin) / FKB;
+                int kn = Math.Min(FKB, kEnd - j0);
+                int kCols = (kn + 63) & ~63;
+                float* ktb = kt + (long)blk * E * FKB;
+                for (int r = 0; r < qr; r += 4)
+                    for (int cc = 0; cc < kCols; cc += 64)
+                        ScoreTile4x64(qp + r * E, E, ktb + cc, sc + r * FKB + cc);
+
+                int k16 = (kn + 15) & ~15;
+                for (int r = 0; r < qn; r++)
+                {
+                    float* row = sc + r * FKB;
+                    if (c.Mask != null)
+                    {
+                        float* mrow = c.Mask + maskBase + (long)(i0 + r) * s.MaskStrideL;
+                        if (s.MaskStrideS == 1) TensorPrimitives.Add(new ReadOnlySpan<float>(row, kn), new ReadOnlySpan<float>(mrow + j0, kn), new Span<float>(row, kn));
+                        else { float mv = mrow[0]; for (int j = 0; j < kn; j++) row[j] += mv; }
+                    }
+                    int keep = s.Causal ? Math.Min(kn, i0 + r + 1 - j0) : kn;
+                    for (int j = Math.Max(keep, 0); j < k16; j++) row[j] = float.NegativeInfinity;
+                    SoftmaxRow(row, k16, ref m[r], ref l[r], acc + r * EvPad, EvPad);
+                }
+                for (int r = qn; r < qr; r++) new Span<float>(sc + r * FKB, k16).Clear();
+                float* vb = vBase + (long)(j0 - jBegin) * vStride;
+                for (int r = 0; r < qr; r += 4)
+                    AccumulatePV4(sc + r * FKB, vb, vStride, kn, acc + r * EvPad, EvPad);
+            }
+
+            if (c.Parts != null)
+            {
+                float* part = c.Parts + (long)work * c.PartStride;
+                int rows = c.ChunkRows, off = i0 - rowBegin;
+                for (int r = 0; r < qn; r++)
+                {
+                    new ReadOnlySpan<float>(acc + r * EvPad, Ev).CopyTo(new Span<float>(part + (long)(off + r) * Ev, Ev));
+                    part[rows * Ev + off + r] = m[r];
+                    part[rows * Ev + rows + off + r] = l[r];
+                }
+                continue;
+            }
+            for (int r = 0; r < qn; r++)
+            {
+                long row = bh * s.L + i0 + r;
+                var dst = new Span<float>(c.O + row * Ev, Ev);
+                if (l[r] == 0f && !float.IsNaN(m[r])) { dst.Clear(); c.Lse[row] = float.NegativeInfinity; continue; }
+                TensorPrimitives.Multiply(new ReadOnlySpan<float>(acc + r * EvPad, Ev), 1f / l[r], dst);
+                c.Lse[row] = m[r] + MathF.Log(l[r]);
+            }
+        }
+    }
+
+    /// <summary>dst[e·FKB + j] = src[j·E + e] for j &lt; kn, e &lt; E (16×16 tiles through the cache).</summary>
+    private static void TransposeInto(float* src, int E, int kn, float* dst)
+    {
+        for (int j0 = 0; j0 < kn; j0 += 16)
+        {
+            int jn = Math.Min(16, kn - j0);
+            for (int e0 = 0; e0 < E; e0 += 16)
+            {
+                int en = Math.Min(16, E - e0);
+                for (int j = 0; j < jn; j++)
+                {
+                    float* srow = src + (long)(j0 + j) * E + e0;
+                    float* d = dst + (long)e0 * FKB + j0 + j;
+                    for (int e = 0; e < en; e++) d[e * FKB] = srow[e];
+                }
+            }
+        }
+    }
+
+    /// <summary>
+    /// Online-softmax step of one score row (n a multiple of 16, entries to drop already −∞): m ← max(m, max row),
+    /// row ← exp(row − m), l ← l·e^(m_old−m) + Σ row, acc row ← acc row · e^(m_old−m).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void SoftmaxRow(float* row, int n, ref float m, ref float l, float* accRow, int EvPad)
+    {
+        var mx = Vector512.Create(float.NegativeInfinity);
+        for (int j = 0; j < n; j += 16) mx = Vector512.Max(mx, Vector512.Load(row + j));   // propagates NaN
+        float bmax = HMax(Vector256.Max(mx.GetLower(), mx.GetUpper()));
+        float mOld = m;
+        float mNew = float.IsNaN(bmax) ? bmax : Math.Max(mOld, bmax);
+        if (float.IsNegativeInfinity(mNew)) { new Span<float>(row, n).Clear(); return; }   // all masked so far: p = 0
+        float corr = float.IsNegativeInfinity(mOld) ? 0f : MathF.Exp(mOld - mNew);
+        m = mNew;
+        var mv = Vector512.Create(mNew);
+        var sum = Vector512<float>.Zero;
+        for (int j = 0; j < n; j += 16)
+        {
+            var p = Exp(Vector512.Load(row + j) - mv);
+            p.Store(row + j);
+            sum += p;
+        }
+        l = l * corr + Vector512.Sum(sum);
+        if (corr != 1f)
+        {
+            var cv = Vector512.Create(corr);
+            for (int e = 0; e < EvPad; e += 16) (Vector512.Load(accRow + e) * cv).Store(accRow + e);
+        }
+    }
+
+    private static float HMax(Vector256<float> v)
+    {
+        var a = Vector128.Max(v.GetLower(), v.GetUpper());
+        float r = a[0];
+        for (int i = 1; i < 4; i++) r = float.IsNaN(r) ? r : (float.IsNaN(a[i]) ? a[i] : Math.Max(r, a[i]));
+        return r;
+    }
+
+    /// <summary>
+    /// e^x for x ≤ 0 (the softmax's x − max), NaN propagated, exactly 0 below −87.33 (no denormals). Cephes expf:
+    /// x = n·ln2 + r with |r| ≤ ln2/2 (ln2 split in two for an exact n·ln2), e^r by a degree-7 polynomial
+    /// (relative error about 1e-7), times 2^n with vscalefps.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector512<float> Exp(Vector512<float> x)
+    {
+        var lo = Vector512.Create(-87.33654f);
+        var xc = Avx512F.Max(lo, x);   // vmaxps returns its second operand when either is NaN: NaN stays
+        var n = Avx512F.RoundScale(xc * Vector512.Create(1.44269504088896341f), 0x08);   // nearest, no exceptions
+        var r = Avx512F.FusedMultiplyAdd(n, Vector512.Create(-0.693359375f), xc);
+        r = Avx512F.FusedMultiplyAdd(n, Vector512.Create(2.12194440e-4f), r);
+        var p = Avx512F.FusedMultiplyAdd(Vector512.Create(1.9875691500E-4f), r, Vector512.Create(1.3981999507E-3f));
+        p = Avx512F.FusedMultiplyAdd(p, r, Vector512.Create(8.3334519073E-3f));
+        p = Avx512F.FusedMultiplyAdd(p, r, Vector512.Create(4.1665795894E-2f));
+        p = Avx512F.FusedMultiplyAdd(p, r, Vector512.Create(1.6666665459E-1f));
+        p = Avx512F.FusedMultiplyAdd(p, r, Vector512.Create(5.0000001201E-1f));
+        p = Avx512F.FusedMultiplyAdd(p, r * r, r) + Vector512<float>.One;
+        var y = Avx512F.Scale(p, n);
+        return Vector512.ConditionalSelect(Vector512.LessThan(x, lo), Vector512<float>.Zero, y);
+    }
+
+    /// <summary>sc[r·FKB + 0..63] = Σ_e q[r·E + e] · kt[e·FKB + 0..63] for r = 0..3: 16 zmm accumulators.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void ScoreTile4x64(float* q, int E, float* kt, float* sc)
+    {
+        Vector512<float> c00 = default, c01 = default, c02 = default, c03 = default;
+        Vector512<float> c10 = default, c11 = default, c12 = default, c13 = default;
+        Vector512<float> c20 = default, c21 = default, c22 = default, c23 = default;
+        Vector512<float> c30 = default, c31 = default, c32 = default, c33 = default;
+        float* q0 = q, q1 = q + E, q2 = q1 + E, q3 = q2 + E;
+        for (int e = 0; e < E; e++)
+        {
+            float* k = kt + (long)e * FKB;
+            var k0 = Vector512.Load(k); var k1 = Vector512.Load(k + 16); var k2 = Vector512.Load(k + 32); var k3 = Vector512.Load(k + 48);
+            var a = Vector512.Create(q0[e]);
+            c00 = Avx512F.FusedMultiplyAdd(a, k0, c00); c01 = Avx512F.FusedMultiplyAdd(a, k1, c01);
+            c02 = Avx512F.FusedMultiplyAdd(a, k2, c02); c03 = Avx512F.FusedMultiplyAdd(a, k3, c03);
+            a = Vector512.Create(q1[e]);
+            c10 = Avx512F.FusedMultiplyAdd(a, k0, c10); c11 = Avx512F.FusedMultiplyAdd(a, k1, c11);
+            c12 = Avx512F.FusedMultiplyAdd(a, k2, c12); c13 = Avx512F.FusedMultiplyAdd(a, k3, c13);
+            a = Vector512.Create(q2[e]);
+            c20 = Avx512F.FusedMultiplyAdd(a, k0, c20); c21 = Avx512F.FusedMultiplyAdd(a, k1, c21);
+            c22 = Avx512F.FusedMultiplyAdd(a, k2, c22); c23 = Avx512F.FusedMultiplyAdd(a, k3, c23);
+            a = Vector512.Create(q3[e]);
+            c30 = Avx512F.FusedMultiplyAdd(a, k0, c30); c31 = Avx512F.FusedMultiplyAdd(a, k1, c31);
+            c32 = Avx512F.FusedMultiplyAdd(a, k2, c32); c33 = Avx512F.FusedMultiplyAdd(a, k3, c33);
+        }
+        c00.Store(sc); c01.Store(sc + 16); c02.Store(sc + 32); c03.Store(sc + 48);
+        sc += FKB; c10.Store(sc); c11.Store(sc + 16); c12.Store(sc + 32); c13.Store(sc + 48);
+        sc += FKB; c20.Store(sc); c21.Store(sc + 16); c22.Store(sc + 32); c23.Store(sc + 48);
+        sc += FKB; c30.Store(sc); c31.Store(sc + 16); c32.Store(sc + 32); c33.Store(sc + 48);
+    }
+
+    /// <summary>acc[r·EvPad + c] += Σ_j p[r·FKB + j] · v[j·vStride + c], r = 0..3, c &lt; EvPad (a multiple of 16).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void AccumulatePV4(float* p, float* v, int vStride, int kn, float* acc, int EvPad)
+    {
+        float* p0 = p, p1 = p + FKB, p2 = p1 + FKB, p3 = p2 + FKB;
+        int c = 0;
+        for (; c + 64 <= EvPad; c += 64)
+        {
+            float* a0 = acc + c, a1 = a0 + EvPad, a2 = a1 + EvPad, a3 = a2 + EvPad;
+            Vector512<float> c00 = Vector512.Load(a0), c01 = Vector512.Load(a0 + 16), c02 = Vector512.Load(a0 + 32), c03 = Vector512.Load(a0 + 48);
+            Vector512<float> c10 = Vector512.Load(a1), c11 = Vector512.Load(a1 + 16), c12 = Vector512.Load(a1 + 32), c13 = Vector512.Load(a1 + 48);
+            Vector512<float> c20 = Vector512.Load(a2), c21 = Vector512.Load(a2 + 16), c22 = Vector512.Load(a2 + 32), c23 = Vector512.Load(a2 + 48);
+            Vector512<float> c30 = Vector512.Load(a3), c31 = Vector512.Load(a3 + 16), c32 = Vector512.Load(a3 + 32), c33 = Vector512.Load(a3 + 48);
+            float* vj = v + c;
+            for (int j = 0; j < kn; j++, vj += vStride)
+            {
+                var v0 = Vector512.Load(vj); var v1 = Vector512.Load(vj + 16); var v2 = Vector512.Load(vj + 32); var v3 = Vector512.Load(vj + 48);
+                var a = Vector512.Create(p0[j]);
+                c00 = Avx512F.FusedMultiplyAdd(a, v0, c00); c01 = Avx512F.FusedMultiplyAdd(a, v1, c01);
+                c02 = Avx512F.FusedMultiplyAdd(a, v2, c02); c03 = Avx512F.FusedMultiplyAdd(a, v3, c03);
+                a = Vector512.Create(p1[j]);
+                c10 = Avx512F.FusedMultiplyAdd(a, v0, c10); c11 = Avx512F.FusedMultiplyAdd(a, v1, c11);
+                c12 = Avx512F.FusedMultiplyAdd(a, v2, c12); c13 = Avx512F.FusedMultiplyAdd(a, v3, c13);
+                a = Vector512.Create(p2[j]);
+                c20 = Avx512F.FusedMultiplyAdd(a, v0, c20); c21 = Avx512F.FusedMultiplyAdd(a, v1, c21);
+                c22 = Avx512F.FusedMultiplyAdd(a, v2, c22); c23 = Avx512F.FusedMultiplyAdd(a, v3, c23);
+                a = Vector512.Create(p3[j]);
+                c30 = Avx512F.FusedMultiplyAdd(a, v0, c30); c31 = Avx512F.FusedMultiplyAdd(a, v1, c31);
+                c32 = Avx512F.FusedMultiplyAdd(a, v2, c32); c33 = Avx512F.FusedMultiplyAdd(a, v3, c33);
+            }
+            c00.Store(a0); c01.Store(a0 + 16); c02.Store(a0 + 32); c03.Store(a0 + 48);
+            c10.Store(a1); c11.Store(a1 + 16); c12.Store(a1 + 32); c13.Store(a1 + 48);
+            c20.Store(a2); c21.Store(a2 + 16); c22.Store(a2 + 32); c23.Store(a2 + 48);
+            c30.Store(a3); c31.Store(a3 + 16); c32.Store(a3 + 32); c33.Store(a3 + 48);
+        }
+        for (; c < EvPad; c += 16)
+        {
+            float* a0 = acc + c, a1 = a0 + EvPad, a2 = a1 + EvPad, a3 = a2 + EvPad;
+            Vector512<float> c0 = Vector512.Load(a0), c1 = Vector512.Load(a1), c2 = Vector512.Load(a2), c3 = Vector512.Load(a3);
+            float* vj = v + c;
+            for (int j = 0; j < kn; j++, vj += vStride)
+            {
+                var vv = Vector512.Load(vj);
+                c0 = Avx512F.FusedMultiplyAdd(Vector512.Create(p0[j]), vv, c0);
+                c1 = Avx512F.FusedMultiplyAdd(Vector512.Create(p1[j]), vv, c1);
+                c2 = Avx512F.FusedMultiplyAdd(Vector512.Create(p2[j]), vv, c2);
+                c3 = Avx512F.FusedMultiplyAdd(Vector512.Create(p3[j]), vv, c3);
+            }
+            c0.Store(a0); c1.Store(a1); c2.Store(a2); c3.Store(a3);
+        }
+    }
+}
