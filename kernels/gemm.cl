@@ -59,25 +59,27 @@ KERNEL gemm_batched(int M, int N, int K, float alpha, float beta,
     for (int i = 0; i < WM; i++)
         for (int j = 0; j < WN; j++) acc[i][j] = 0.0f;
 
+    // Index splits are written as q = idx / X, r = idx - q * X, not with %: clang turns a / and % pair into a `freeze`
+    // instruction that oclgrind's uninitialized-value checker cannot follow (CI runs every kernel under oclgrind).
     for (int k0 = 0; k0 < K; k0 += TK) {
         for (int idx = tid; idx < TK * TM; idx += NTHREADS) {
 #if TRANS_A
-            const int mm = idx % TM, kk = idx / TM;       // consecutive work-items read consecutive m: coalesced
+            const int kk = idx / TM, mm = idx - kk * TM;  // consecutive work-items read consecutive m: coalesced
             const int m = m0 + mm, k = k0 + kk;
             As[kk * TM + mm] = (m < M && k < K) ? a[(int64)k * lda + m] : 0.0f;
 #else
-            const int kk = idx % TK, mm = idx / TK;       // consecutive k
+            const int mm = idx / TK, kk = idx - mm * TK;  // consecutive k
             const int m = m0 + mm, k = k0 + kk;
             As[kk * TM + mm] = (m < M && k < K) ? a[(int64)m * lda + k] : 0.0f;
 #endif
         }
         for (int idx = tid; idx < TK * TN; idx += NTHREADS) {
 #if TRANS_B
-            const int kk = idx % TK, nn = idx / TK;
+            const int nn = idx / TK, kk = idx - nn * TK;
             const int n = n0 + nn, k = k0 + kk;
             Bs[kk * TN + nn] = (n < N && k < K) ? b[(int64)n * ldb + k] : 0.0f;
 #else
-            const int nn = idx % TN, kk = idx / TN;
+            const int kk = idx / TN, nn = idx - kk * TN;
             const int n = n0 + nn, k = k0 + kk;
             Bs[kk * TN + nn] = (n < N && k < K) ? b[(int64)k * ldb + n] : 0.0f;
 #endif

@@ -13,6 +13,7 @@ public static class Program
           gpuattention devices
           gpuattention verify [--backend BACKEND] [--seed N] [--only OP,...]
           gpuattention demo [--backend B] [--image PATH] [--out DIR]
+          gpuattention soak [--backend BACKEND] (--minutes N | --iterations N) [--interval S] [--case TEXT] [--skip TEXT] | --list
         OP: {0}
         BACKEND: cpu | opencl[:K] | cuda[:K] | auto
         options: --causal --scale X --size H,W --align-corners --mode bilinear|nearest --padding zeros|border|reflection
@@ -46,7 +47,8 @@ public static class Program
                 "devices" => Devices(),
                 "demo" => DemoCommand.Run(args[1..]),
                 "verify" => Verify.VerifyCommand.Run(args.AsSpan(1)),
-                _ => throw new UsageException($"unknown command '{args[0]}' (expected run, devices, verify or demo)"),
+                "soak" => Soak.SoakCommand.Run(args.AsSpan(1)),
+                _ => throw new UsageException($"unknown command '{args[0]}' (expected run, devices, verify, demo or soak)"),
             };
         }
         catch (UsageException e) { return Fail(2, e.Message + "\n" + UsageText()); }

@@ -125,7 +125,11 @@ public sealed partial class Device : IDisposable
     public bool SupportsOp(OpKind op) => Backend.SupportsOp(op);
 
     /// <summary>Allocates an uninitialised tensor of the given shape.</summary>
-    /// <exception cref="ArgumentException">A negative dimension, or more elements than the device can hold in one buffer.</exception>
+    /// <exception cref="ArgumentException">A negative dimension, more than 2⁶³ elements, or more elements than the device can
+    /// hold in one buffer (checked before anything is allocated).</exception>
+    /// <exception cref="OutOfMemoryException">The device has not enough free memory; the message names the device and the size.
+    /// Nothing was allocated and the device stays usable.</exception>
+    /// <exception cref="ObjectDisposedException">The device was disposed.</exception>
     public Tensor Allocate(params int[] shape)
     {
         ArgumentNullException.ThrowIfNull(shape);
@@ -136,9 +140,16 @@ public sealed partial class Device : IDisposable
             throw new ArgumentException($"tensor {TensorShapeException.Format(copy)} has {n} elements, more than this device's largest buffer ({be.MaxBufferElements} float32 elements)", nameof(shape));
         lock (QueueLock)
         {
-            var buf = be.Allocate(n);
-            if (PoisonAllocations && n > 0) be.Fill(buf, float.NaN);
-            return new Tensor(this, buf, copy);
+            be = Backend;
+            IDeviceBuffer buffer;
+            try { buffer = be.Allocate(n); }
+            catch (Exception e) when (e is OutOfMemoryException || e is Backends.OpenCL.Native.OpenClException { Error: -4 or -5 or -6 }
+                                      || e is Backends.Cuda.Native.CudaException { Error: 2 })
+            {
+                throw new OutOfMemoryException($"{Spec}: out of memory allocating tensor {TensorShapeException.Format(copy)} ({n * sizeof(float)} bytes)", e);
+            }
+            if (PoisonAllocations && n > 0) be.Fill(buffer, float.NaN);
+            return new Tensor(this, buffer, copy);
         }
     }
 
@@ -208,6 +219,7 @@ public sealed partial class Device : IDisposable
     internal void CheckOwned(Tensor t, string name)
     {
         ArgumentNullException.ThrowIfNull(t, name);
+        ObjectDisposedException.ThrowIf(_disposed, this);
         if (t.IsDisposed) throw new ObjectDisposedException(name, $"{name}: tensor was disposed");
         if (!ReferenceEquals(t.Device, this))
             throw new ArgumentException($"{name}: tensor belongs to device {t.Device.Spec}, not {Spec}", name);
@@ -251,7 +263,14 @@ public sealed partial class Device : IDisposable
         }
     }
 
-    /// <summary>Releases the backend (queues, contexts). Tensors of this device must not be used afterwards.</summary>
+    /// <summary>True once <see cref="Dispose"/> has run.</summary>
+    public bool IsDisposed => _disposed;
+
+    /// <summary>
+    /// Releases the backend (queues, contexts, compiled kernels, scratch). Safe to call more than once and from several threads.
+    /// Afterwards every method of the device, and every op on its tensors, throws <see cref="ObjectDisposedException"/>;
+    /// its tensors may (and should) still be disposed.
+    /// </summary>
     public void Dispose()
     {
         lock (QueueLock)

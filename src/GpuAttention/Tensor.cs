@@ -46,10 +46,18 @@ public sealed class Tensor : IDisposable
     /// <summary>Shape formatted as "[a, b, c]".</summary>
     public override string ToString() => TensorShapeException.Format(_shape);
 
-    /// <summary>Releases the device memory. Safe to call more than once.</summary>
+    /// <summary>
+    /// Releases the device memory. Safe to call more than once and from several threads, also while another thread runs an
+    /// op on the device: the release takes the device's queue lock, so it waits for an op that is being enqueued or run;
+    /// an op called after it throws <see cref="ObjectDisposedException"/>.
+    /// </summary>
     public void Dispose()
     {
-        Interlocked.Exchange(ref _buffer, null)?.Dispose();
+        if (_buffer is null) return;
+        lock (Device.QueueLock)
+        {
+            Interlocked.Exchange(ref _buffer, null)?.Dispose();
+        }
     }
 
     internal static long Product(ReadOnlySpan<int> shape)
@@ -57,8 +65,9 @@ public sealed class Tensor : IDisposable
         long n = 1;
         foreach (var d in shape)
         {
-            if (d < 0) throw new ArgumentOutOfRangeException(nameof(shape), $"negative dimension {d} in {TensorShapeException.Format(shape)}");
-            n = checked(n * d);
+            if (d < 0) throw new ArgumentOutOfRangeException(nameof(shape), $"shape: negative dimension {d} in {TensorShapeException.Format(shape)}");
+            try { n = checked(n * d); }
+            catch (OverflowException) { throw new ArgumentOutOfRangeException(nameof(shape), $"shape: {TensorShapeException.Format(shape)} has more than 2^63 elements"); }
         }
         return n;
     }

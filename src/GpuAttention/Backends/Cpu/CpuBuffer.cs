@@ -5,32 +5,48 @@ namespace GpuAttention.Backends.Cpu;
 /// <summary>64-byte aligned native memory (so tensors may pass 2³¹ elements and SIMD loads are aligned).</summary>
 internal sealed unsafe class CpuBuffer : IDeviceBuffer
 {
-    private float* _ptr;
+    private nint _ptr;
+    private readonly long _bytes;
 
     public CpuBuffer(long length)
     {
         Length = length;
         nuint bytes = (nuint)Math.Max(1, length) * sizeof(float);
-        _ptr = (float*)NativeMemory.AlignedAlloc(bytes, 64);
-        if (_ptr == null) throw new OutOfMemoryException($"cpu: could not allocate {bytes} bytes");
-        if (length > 0) GC.AddMemoryPressure((long)bytes);
+        try { _ptr = (nint)NativeMemory.AlignedAlloc(bytes, 64); }
+        catch (OutOfMemoryException) { _ptr = 0; }
+        if (_ptr == 0)
+        {
+            GC.SuppressFinalize(this);
+            throw new OutOfMemoryException($"cpu: out of memory allocating {bytes} bytes ({length} float32 elements)");
+        }
+        _bytes = (long)bytes;
+        Diagnostics.NativeResources.CpuBufferCreated(_bytes);
+        if (length > 0) GC.AddMemoryPressure(_bytes);
     }
 
     public long Length { get; }
 
-    public float* Pointer => _ptr != null ? _ptr : throw new ObjectDisposedException(nameof(CpuBuffer));
+    public float* Pointer
+    {
+        get
+        {
+            var p = Volatile.Read(ref _ptr);
+            return p != 0 ? (float*)p : throw new ObjectDisposedException(nameof(CpuBuffer));
+        }
+    }
 
     /// <summary>The whole buffer as a span (only for buffers under 2³¹ elements).</summary>
     public Span<float> Span => new(Pointer, checked((int)Length));
 
+    /// <summary>Frees the memory exactly once, also when called concurrently (the pointer is swapped out atomically).</summary>
     public void Dispose()
     {
-        var p = _ptr;
-        _ptr = null;
-        if (p != null)
+        var p = Interlocked.Exchange(ref _ptr, 0);
+        if (p != 0)
         {
-            NativeMemory.AlignedFree(p);
-            if (Length > 0) GC.RemoveMemoryPressure(Length * sizeof(float));
+            NativeMemory.AlignedFree((void*)p);
+            Diagnostics.NativeResources.CpuBufferReleased(_bytes);
+            if (Length > 0) GC.RemoveMemoryPressure(_bytes);
         }
         GC.SuppressFinalize(this);
     }

@@ -2,10 +2,26 @@ using System.Runtime.InteropServices;
 
 namespace GpuAttention.Backends.OpenCL.Native;
 
-/// <summary>Base of the OpenCL object handles: a pointer-sized handle released once with its clRelease*.</summary>
+/// <summary>
+/// Base of the OpenCL object handles: a pointer-sized handle released once with its clRelease* (<see cref="Release"/>).
+/// Every live handle is counted in <see cref="Diagnostics.NativeResources.OpenClHandles"/>.
+/// </summary>
 internal abstract class ClHandle : SafeHandle
 {
-    protected ClHandle(nint handle) : base(nint.Zero, ownsHandle: true) => SetHandle(handle);
+    protected ClHandle(nint handle) : base(nint.Zero, ownsHandle: true)
+    {
+        SetHandle(handle);
+        if (handle != nint.Zero) Diagnostics.NativeResources.OpenClHandleCreated();
+    }
+
+    /// <summary>Calls the object's clRelease*; true on success.</summary>
+    protected abstract bool Release(nint h);
+
+    protected sealed override bool ReleaseHandle()
+    {
+        Diagnostics.NativeResources.OpenClHandleReleased();
+        return Release(handle);
+    }
 
     public override bool IsInvalid => handle == nint.Zero;
 
@@ -16,29 +32,29 @@ internal abstract class ClHandle : SafeHandle
 /// <summary>A cl_context.</summary>
 internal sealed class ClContext(nint h) : ClHandle(h)
 {
-    protected override bool ReleaseHandle() => Cl.clReleaseContext(handle) == Cl.CL_SUCCESS;
+    protected override bool Release(nint h) => Cl.clReleaseContext(h) == Cl.CL_SUCCESS;
 }
 
 /// <summary>A cl_command_queue.</summary>
 internal sealed class ClQueue(nint h) : ClHandle(h)
 {
-    protected override bool ReleaseHandle() => Cl.clReleaseCommandQueue(handle) == Cl.CL_SUCCESS;
+    protected override bool Release(nint h) => Cl.clReleaseCommandQueue(h) == Cl.CL_SUCCESS;
 }
 
 /// <summary>A cl_mem buffer (OpenCL defers the actual free until queued commands using it have finished).</summary>
 internal sealed class ClMem(nint h) : ClHandle(h)
 {
-    protected override bool ReleaseHandle() => Cl.clReleaseMemObject(handle) == Cl.CL_SUCCESS;
+    protected override bool Release(nint h) => Cl.clReleaseMemObject(h) == Cl.CL_SUCCESS;
 }
 
 /// <summary>A cl_program.</summary>
 internal sealed class ClProgram(nint h) : ClHandle(h)
 {
-    protected override bool ReleaseHandle() => Cl.clReleaseProgram(handle) == Cl.CL_SUCCESS;
+    protected override bool Release(nint h) => Cl.clReleaseProgram(h) == Cl.CL_SUCCESS;
 }
 
 /// <summary>A cl_kernel.</summary>
 internal sealed class ClKernel(nint h) : ClHandle(h)
 {
-    protected override bool ReleaseHandle() => Cl.clReleaseKernel(handle) == Cl.CL_SUCCESS;
+    protected override bool Release(nint h) => Cl.clReleaseKernel(h) == Cl.CL_SUCCESS;
 }
