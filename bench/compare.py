@@ -165,9 +165,11 @@ def main():
     torch.set_num_threads(a.threads)
     if not os.path.exists(CLI):
         subprocess.run(["dotnet", "build", os.path.join(ROOT, "src/GpuAttention.Cli"), "-c", "Release"], check=True, capture_output=True)
+    blas = os.path.realpath("/usr/lib/x86_64-linux-gnu/libblas.so.3")   # Debian's alternatives: netlib or OpenBLAS
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.machine())
     lines = [f"# Comparison run — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", "",
-             f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-             f"peer: torch {torch.__version__} ({a.threads} threads); median of {a.repeat} after {a.warmup} warm-up", "",
+             f"machine: {cpu}, {os.cpu_count()} cores, load average before the run {os.getloadavg()[0]:.2f}; "
+             f"peer: torch {torch.__version__} ({a.threads} threads, BLAS {blas}); median of {a.repeat} after {a.warmup} warm-up", "",
              "| case | backend | device | median ms | rate | vs torch |", "|---|---|---|---|---|---|"]
     for fam in a.only.split(","):
         for idx, case in enumerate(CASES[fam]()):
