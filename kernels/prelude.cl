@@ -14,6 +14,7 @@
 //   FMOD(a, b)                  C fmod (result has the sign of a); NAN_F a quiet NaN
 //   NEG_INF, POS_INF            float infinities
 //   int64 / uint64              64-bit integers for element offsets
+//   ATOMIC_ADD_F(ptr, val)      *ptr += val on a GLOBAL float, atomically (unordered: nondeterministic sums)
 #ifdef CUDA
   #define KERNEL extern "C" __global__ void
   #define INLINE __device__ __forceinline__
@@ -42,6 +43,7 @@
   #define POS_INF (__int_as_float(0x7f800000))
   typedef long long int64;
   typedef unsigned long long uint64;
+  #define ATOMIC_ADD_F(ptr, val) ((void)atomicAdd((ptr), (val)))
 #else
   #define KERNEL __kernel void
   #define INLINE inline
@@ -70,4 +72,13 @@
   #define POS_INF (INFINITY)
   typedef long int64;
   typedef ulong uint64;
+  // OpenCL 1.2 has no float atomics: compare-and-swap on the int bits until no other work-item interfered.
+  #define ATOMIC_ADD_F(ptr, val) do { \
+      volatile GLOBAL int* ga_p_ = (volatile GLOBAL int*)(ptr); \
+      const float ga_v_ = (val); \
+      int ga_old_ = *ga_p_, ga_prev_; \
+      do { ga_prev_ = ga_old_; \
+           ga_old_ = atomic_cmpxchg(ga_p_, ga_prev_, as_int(as_float(ga_prev_) + ga_v_)); \
+      } while (ga_old_ != ga_prev_); \
+  } while (0)
 #endif

@@ -15,7 +15,7 @@
 //   TILE_P   output points staged in local memory per step of the scatter (default 64)
 //   RED_WG   work-group size of the affine_grid backward reduction, a power of two (default 64)
 //
-// Determinism: no atomics anywhere. grad_input is a scatter; work-item c of a work-group owns channel plane c of one
+// Determinism: no atomics anywhere except in grid_sample_backward_input_atomic, the opt-in nondeterministic scatter. grad_input is a scatter; work-item c of a work-group owns channel plane c of one
 // image and walks the points of its chunk in order, writing into the chunk's private partial copy of grad_input;
 // grid_sample_sum_partials then adds the chunks in chunk order. The chunking is chosen on the host from the shape
 // and the device only, so a result is bit-for-bit repeatable on a device.
@@ -298,6 +298,37 @@ KERNEL grid_sample_backward_input(GLOBAL const float* RESTRICT grid, GLOBAL cons
             }
         }
         BARRIER();
+    }
+}
+
+// Opt-in atomic grad_input scatter (nondeterministic summation order): global [roundup(P, LSZ(0)), N], one work-item per
+// (image n, output point p). The point is resolved once, then for every channel its contributions go straight into
+// grad_input (zeroed by the host) with ATOMIC_ADD_F. No partial copies and no second pass; the grid gradient is unaffected.
+KERNEL grid_sample_backward_input_atomic(GLOBAL const float* RESTRICT grid, GLOBAL const float* RESTRICT theta,
+                                         GLOBAL const float* RESTRICT grad_out, GLOBAL float* grad_input,
+                                         int C, int H, int W, int Hout, int Wout, int use_theta, int mode, int padding, int align)
+{
+    const int64 P = (int64)Hout * Wout;
+    const int64 p = (int64)GRP(0) * LSZ(0) + LID(0);
+    const int n = GRP(1);
+    if (p >= P) return;
+    float gx, gy, dx, dy, ax, ay;
+    load_point(grid, theta, use_theta, align, n, p, P, Hout, Wout, &gx, &gy);
+    const float ix = source_index(gx, W, padding, align, &dx), iy = source_index(gy, H, padding, align, &dy);
+    int off[4]; float wt[4]; int in[4];
+    corners(mode, ix, iy, H, W, off, wt, in, &ax, &ay);
+    const int ncorner = mode == 1 ? 1 : 4;
+    int any = 0;
+    for (int j = 0; j < ncorner; j++) any |= in[j];
+    if (!any) return;                            // every corner outside the image: nothing to add
+    const int64 plane = (int64)H * W;
+    GLOBAL float* gin = grad_input + (int64)n * C * plane;
+    GLOBAL const float* go = grad_out + (int64)n * C * P + p;
+    for (int c = 0; c < C; c++) {
+        const float g = go[(int64)c * P];
+        for (int j = 0; j < ncorner; j++)
+            if (in[j]) ATOMIC_ADD_F(gin + off[j], wt[j] * g);
+        gin += plane;
     }
 }
 

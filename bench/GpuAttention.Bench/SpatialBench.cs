@@ -58,6 +58,10 @@ public class SpatialBench
     [Benchmark(Description = "grid_sample bwd")]
     public void Backward() { _device.GridSampleBackward(_input, _grid, _gradOut, _gradInput, _gradGrid, _options); _device.Synchronize(); }
 
+    internal void Backward(GridSampleOptions o) { _device.GridSampleBackward(_input, _grid, _gradOut, _gradInput, _gradGrid, o); _device.Synchronize(); }
+
+    internal void FusedBackward(GridSampleOptions o) { _device.SpatialTransformBackward(_input, _theta, _gradOut, _gradInput, _gradTheta, o); _device.Synchronize(); }
+
     [Benchmark(Description = "grid_sample fwd+bwd")]
     public void ForwardBackward()
     {
@@ -73,6 +77,38 @@ public class SpatialBench
         _device.SpatialTransformBackward(_input, _theta, _gradOut, _gradInput, _gradTheta, _options);
         _device.Synchronize();
     }
+}
+
+/// <summary>
+/// grid_sample backward, deterministic (default: chunked scatter into private partial copies, then an ordered sum) vs the opt-in
+/// atomic scatter (<see cref="GridSampleBackwardMode.Atomic"/>: float atomic adds straight into grad_input), at the
+/// <see cref="SpatialBench"/> shape and grid, with a grid and fused theta. Kernel backends only (on the CPU both modes run the same code).
+/// Run: dotnet run -c Release --project bench/GpuAttention.Bench -- --filter '*GridSampleBackwardModeBench*'
+/// </summary>
+[Config(typeof(SpatialBenchConfig))]
+public class GridSampleBackwardModeBench
+{
+    private readonly SpatialBench _b = new();
+    private GridSampleOptions _options;
+
+    [Params("opencl")] public string Backend { get; set; } = "opencl";
+    [Params(GridSampleBackwardMode.Deterministic, GridSampleBackwardMode.Atomic)] public GridSampleBackwardMode Mode { get; set; }
+
+    [GlobalSetup]
+    public void Setup()
+    {
+        _b.Backend = Backend;
+        _b.Setup();
+        _options = new GridSampleOptions(GridSampleMode.Bilinear, GridSamplePadding.Zeros, false, Mode);
+    }
+
+    [GlobalCleanup] public void Cleanup() => _b.Cleanup();
+
+    [Benchmark(Description = "grid_sample bwd")]
+    public void Backward() => _b.Backward(_options);
+
+    [Benchmark(Description = "spatial transform bwd (fused)")]
+    public void FusedBackward() => _b.FusedBackward(_options);
 }
 
 /// <summary>A short job (2 shared cores) and a GB/s column.</summary>
@@ -105,6 +141,7 @@ public class SpatialBenchConfig : ManualConfig
             {
                 nameof(SpatialBench.Forward) => SpatialBench.ForwardBytes,
                 nameof(SpatialBench.Backward) => SpatialBench.BackwardBytes,
+                nameof(GridSampleBackwardModeBench.FusedBackward) => SpatialBench.BackwardBytes,
                 _ => SpatialBench.ForwardBytes + SpatialBench.BackwardBytes,
             };
             return (bytes / (report.ResultStatistics.Median * 1e-9) / 1e9).ToString("F2");

@@ -16,7 +16,7 @@ public static class Program
           gpuattention soak [--backend BACKEND] (--minutes N | --iterations N) [--interval S] [--case TEXT] [--skip TEXT] | --list
         OP: {0}
         BACKEND: cpu | opencl[:K] | cuda[:K] | auto
-        options: --causal --scale X --size H,W --align-corners --mode bilinear|nearest --padding zeros|border|reflection
+        options: --causal --scale X --size H,W --align-corners --mode bilinear|nearest --padding zeros|border|reflection --atomic
         """;
 
     /// <summary>Every op of `run`, by name.</summary>

@@ -12,6 +12,8 @@ internal sealed class RunOptions
     public float? Scale { get; private set; }
     public int[]? Size { get; private set; }
     public bool AlignCorners { get; private set; }
+    /// <summary>--atomic: grid-sample / spatial-transform backward use the opt-in nondeterministic atomic scatter.</summary>
+    public bool Atomic { get; private set; }
     public string Mode { get; private set; } = "bilinear";
     public string Padding { get; private set; } = "zeros";
     public int Warmup { get; private set; } = 1;
@@ -36,6 +38,7 @@ internal sealed class RunOptions
                 case "--out": o.OutDir = Value(); break;
                 case "--causal": o.Causal = true; break;
                 case "--align-corners": o.AlignCorners = true; break;
+                case "--atomic": o.Atomic = true; break;
                 case "--scale":
                     {
                         var v = Value();

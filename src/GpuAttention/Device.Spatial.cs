@@ -108,10 +108,14 @@ public sealed partial class Device
     /// <summary>
     /// grid_sample backward: from grad_out [N, C, Hout, Wout] the gradients grad_input [N, C, H, W] and
     /// grad_grid [N, Hout, Wout, 2] (zero for nearest; zero where border/reflection clamps a coordinate, as in PyTorch).
-    /// <para>Deterministic, bit-for-bit repeatable: no floating-point atomics. grad_input is a scatter; each CPU task
+    /// <para>By default deterministic, bit-for-bit repeatable: no floating-point atomics. grad_input is a scatter; each CPU task
     /// owns the grad_input slices of a block of channels of one image and walks the output points in order, and the
     /// kernel backends accumulate per (image, channel block, chunk of output points) into private partial copies
     /// that a second pass sums in chunk order (the chunking depends only on the shapes).</para>
+    /// <para>With <see cref="GridSampleOptions.Backward"/> = <see cref="GridSampleBackwardMode.Atomic"/> (explicit opt-in) the
+    /// OpenCL and CUDA backends scatter grad_input with float atomic adds instead: nondeterministic summation order (grad_input
+    /// may change in the last bits from run to run), usually faster on GPUs. grad_grid stays deterministic. The CPU backend
+    /// accepts the option and runs its deterministic path.</para>
     /// </summary>
     /// <param name="input">The forward input [N, C, H, W].</param>
     /// <param name="grid">The forward grid [N, Hout, Wout, 2].</param>
@@ -129,7 +133,8 @@ public sealed partial class Device
         Validation.Shape(gradGrid, "grad_grid", [s.N, s.Hout, s.Wout, 2], "[N, Hout, Wout, 2]");
         Validation.NoAlias([(input, "input"), (grid, "grid"), (gradOut, "grad_out"), (gradInput, "grad_input"), (gradGrid, "grad_grid")]);
         Run(OpKind.GridSampleBackward, [input, grid, gradOut], [gradInput, gradGrid], (be, m) =>
-            ((ISpatialBackend)be).GridSampleBackward(new GridSampleBackwardArgs(s, m(input)!, m(grid), null, m(gradOut)!, m(gradInput)!, m(gradGrid), null)));
+            ((ISpatialBackend)be).GridSampleBackward(new GridSampleBackwardArgs(s, m(input)!, m(grid), null, m(gradOut)!, m(gradInput)!, m(gradGrid), null,
+                options.Backward == GridSampleBackwardMode.Atomic)));
     }
 
     /// <summary>Allocating form of <see cref="GridSampleBackward(Tensor, Tensor, Tensor, Tensor, Tensor, GridSampleOptions)"/>.</summary>
@@ -178,7 +183,9 @@ public sealed partial class Device
     /// <summary>
     /// Backward of <see cref="SpatialTransform(Tensor, Tensor, Tensor, GridSampleOptions)"/>: grad_input [N, C, H, W] and
     /// grad_theta [N, 2, 3] (the chain rule through the grid, reduced over output points in a fixed order:
-    /// bit-for-bit repeatable). The grid gradient lives only in scratch memory.
+    /// bit-for-bit repeatable). The grid gradient lives only in scratch memory. grad_input is deterministic too unless
+    /// <see cref="GridSampleOptions.Backward"/> is <see cref="GridSampleBackwardMode.Atomic"/>: then, on OpenCL and CUDA, a float
+    /// atomic scatter (nondeterministic summation order, usually faster on GPUs); the CPU backend runs its deterministic path.
     /// </summary>
     public void SpatialTransformBackward(Tensor input, Tensor theta, Tensor gradOut, Tensor gradInput, Tensor gradTheta, GridSampleOptions options = default)
     {
@@ -191,7 +198,8 @@ public sealed partial class Device
         Validation.Shape(gradTheta, "grad_theta", [s.N, 2, 3], "[N, 2, 3]");
         Validation.NoAlias([(input, "input"), (theta, "theta"), (gradOut, "grad_out"), (gradInput, "grad_input"), (gradTheta, "grad_theta")]);
         Run(OpKind.GridSampleBackward, [input, theta, gradOut], [gradInput, gradTheta], (be, m) =>
-            ((ISpatialBackend)be).GridSampleBackward(new GridSampleBackwardArgs(s, m(input)!, null, m(theta), m(gradOut)!, m(gradInput)!, null, m(gradTheta))));
+            ((ISpatialBackend)be).GridSampleBackward(new GridSampleBackwardArgs(s, m(input)!, null, m(theta), m(gradOut)!, m(gradInput)!, null, m(gradTheta),
+                options.Backward == GridSampleBackwardMode.Atomic)));
     }
 
     /// <summary>Allocating form of <see cref="SpatialTransformBackward(Tensor, Tensor, Tensor, Tensor, Tensor, GridSampleOptions)"/>.</summary>
@@ -232,6 +240,7 @@ public sealed partial class Device
     {
         if (!Enum.IsDefined(o.Mode)) throw new ArgumentException($"mode: expected bilinear or nearest, got {(int)o.Mode}", "options");
         if (!Enum.IsDefined(o.Padding)) throw new ArgumentException($"padding: expected zeros, border or reflection, got {(int)o.Padding}", "options");
+        if (!Enum.IsDefined(o.Backward)) throw new ArgumentException($"backward: expected deterministic or atomic, got {(int)o.Backward}", "options");
     }
 
     /// <summary>Checks input [N, C, H, W] (H, W ≥ 1) and grid [N, Hout, Wout, 2].</summary>

@@ -71,6 +71,7 @@ public class KernelCompileTests
                 x = EXP(x) + LOG(FABS(x) + 1.0f) + SQRT(FABS(x)) + FLOOR(x) + ROUND(x) + FMAX(x, c[0]) + FMIN(x, POS_INF);
                 uint64 u = (uint64)n;
                 if (x > NEG_INF && GID(0) < n) out[GID(0)] = x + (float)u;
+                ATOMIC_ADD_F(out + (t & 7), x);
             }
             """;
         var full = "#define CUDA\n" + KernelSources.Get("prelude.cl") + "\n" + src;

@@ -45,6 +45,22 @@ public class SpatialCliTests
     }
 
     [Test]
+    public void GridSampleBackwardAtomic([Values("cpu", "opencl")] string backend)
+    {
+        if (backend != "cpu") { using var _ = TestUtil.OpenOrIgnore(backend); }
+        var rng = new Random(24);
+        var input = Save("input", rng, 1f, 2, 3, 5, 4);
+        var grid = Save("grid", rng, 0.4f, 2, 6, 7, 2);          // contracting: output points collide on input pixels
+        var gout = Save("grad_out", rng, 1f, 2, 3, 6, 7);
+        var o = new GridSampleOptions(GridSampleMode.Bilinear, GridSamplePadding.Border, false);
+        Ok(CliRunner.Run("run", "grid-sample-backward", "--backend", backend, "--in", _in, "--out", _out, "--padding", "border", "--atomic"));
+        var (rgi, rgg) = ReferenceOps.GridSampleBackward(ReferenceOps.ToDouble(input), ReferenceOps.ToDouble(grid), ReferenceOps.ToDouble(gout),
+            2, 3, 5, 4, 6, 7, o);
+        TestUtil.AssertClose(Load("grad_input").Floats!, rgi, 1e-4, "grad_input");
+        TestUtil.AssertClose(Load("grad_grid").Floats!, rgg, 1e-4, "grad_grid");
+    }
+
+    [Test]
     public void AffineGridForwardAndBackward()
     {
         var rng = new Random(22);

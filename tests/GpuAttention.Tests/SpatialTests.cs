@@ -231,6 +231,70 @@ public class SpatialTests(string backend)
         }
     }
 
+    private static GridSampleOptions Atomic(GridSampleOptions o) => o with { Backward = GridSampleBackwardMode.Atomic };
+
+    /// <summary>
+    /// The opt-in atomic scatter (on the CPU backend: the deterministic path) against the double reference, on an odd shape whose
+    /// contracting grid sends many output points (and, reaching past [−1, 1] with border/reflection, whole rows) onto the same pixels.
+    /// </summary>
+    [TestCaseSource(nameof(AllOptions))]
+    public void AtomicBackwardMatchesReference(GridSampleOptions o)
+    {
+        var s = new Shape(3, 5, 7, 5, 13, 11);
+        var rng = new Random(s.GetHashCode() ^ (int)o.Mode * 31 ^ (int)o.Padding * 7 ^ (o.AlignCorners ? 1 : 0));
+        var input = TestUtil.Random(rng, (long)s.N * s.C * s.H * s.W);
+        var grid = RandomGrid(rng, (long)s.N * s.Hout * s.Wout, 0.35f);
+        for (int i = 0; i < 2 * 11; i++) grid[i] = 1.3f;      // the first output row of image 0: all points past the corner
+        var gout = TestUtil.Random(rng, (long)s.N * s.C * s.Hout * s.Wout);
+        using var ti = _device.Upload(input, s.N, s.C, s.H, s.W);
+        using var tg = _device.Upload(grid, s.N, s.Hout, s.Wout, 2);
+        using var tgo = _device.Upload(gout, s.N, s.C, s.Hout, s.Wout);
+        using var tgi = _device.Allocate(s.N, s.C, s.H, s.W);
+        using var tgg = _device.Allocate(s.N, s.Hout, s.Wout, 2);
+        _device.Fill(tgi, float.NaN); _device.Fill(tgg, float.NaN);
+        _device.GridSampleBackward(ti, tg, tgo, tgi, tgg, Atomic(o));
+        var (rgi, rgg) = ReferenceOps.GridSampleBackward(ReferenceOps.ToDouble(input), ReferenceOps.ToDouble(grid), ReferenceOps.ToDouble(gout),
+            s.N, s.C, s.H, s.W, s.Hout, s.Wout, o);
+        TestUtil.AssertClose(_device.Download(tgi), rgi, 1e-4, "grad_input (atomic)");
+        var ggot = _device.Download(tgg);
+        if (o.Mode == GridSampleMode.Nearest) Assert.That(ggot, Is.All.EqualTo(0f), "nearest: grad_grid is zero");
+        else TestUtil.AssertClose(ggot, rgg, 1e-4, "grad_grid (atomic run)");
+
+        // the fused spatial transform takes the atomic path too (theta contracting: collisions)
+        var theta = new float[s.N * 6];
+        for (int n = 0; n < s.N; n++)
+        {
+            // irregular values: no sampling point near a pixel edge / nearest's half-pixel ties, where float and double may disagree
+            float sc = 0.2113f + 0.1537f * n;
+            theta[n * 6] = sc; theta[n * 6 + 1] = 0.0519f; theta[n * 6 + 2] = 0.1031f * n + 0.0173f;
+            theta[n * 6 + 3] = -0.0313f; theta[n * 6 + 4] = sc * 1.0371f; theta[n * 6 + 5] = -0.0967f;
+        }
+        using var tt = _device.Upload(theta, s.N, 2, 3);
+        using var tgt = _device.Allocate(s.N, 2, 3);
+        _device.Fill(tgi, float.NaN); _device.Fill(tgt, float.NaN);
+        _device.SpatialTransformBackward(ti, tt, tgo, tgi, tgt, Atomic(o));
+        var tgrid = ReferenceOps.AffineGrid(ReferenceOps.ToDouble(theta), s.N, s.Hout, s.Wout, o.AlignCorners);
+        var (tgiRef, tggRef) = ReferenceOps.GridSampleBackward(ReferenceOps.ToDouble(input), tgrid, ReferenceOps.ToDouble(gout),
+            s.N, s.C, s.H, s.W, s.Hout, s.Wout, o);
+        TestUtil.AssertClose(_device.Download(tgi), tgiRef, 1e-4, "spatial transform grad_input (atomic)");
+        TestUtil.AssertClose(_device.Download(tgt), ReferenceOps.AffineGridBackward(tggRef, s.N, s.Hout, s.Wout, o.AlignCorners), 1e-4,
+            "spatial transform grad_theta (atomic run)");
+    }
+
+    [Test]
+    public void BackwardModeIsValidatedAndShown()
+    {
+        Assert.That(new GridSampleOptions().Backward, Is.EqualTo(GridSampleBackwardMode.Deterministic));
+        Assert.That(default(GridSampleOptions).Backward, Is.EqualTo(GridSampleBackwardMode.Deterministic));
+        Assert.That(Atomic(new GridSampleOptions()).ToString(), Is.EqualTo("bilinear zeros atomic"));
+        Assert.That(new GridSampleOptions().ToString(), Is.EqualTo("bilinear zeros"));
+        using var ti = _device.Allocate(1, 1, 2, 2);
+        using var tg = _device.Allocate(1, 1, 1, 2);
+        using var tgo = _device.Allocate(1, 1, 1, 1);
+        var bad = new GridSampleOptions(Backward: (GridSampleBackwardMode)7);
+        Assert.That(() => _device.GridSampleBackward(ti, tg, tgo, bad), Throws.ArgumentException.With.Message.Contains("backward"));
+    }
+
     // ---------------- NaN and ∞ as PyTorch 1.13 ----------------
 
     private static readonly float[] OddGrid = [float.NaN, 0f, 0.3f, float.NaN, float.NaN, float.NaN, float.PositiveInfinity, 0.2f, float.NegativeInfinity, 0.1f, 2.5f, 0.1f];

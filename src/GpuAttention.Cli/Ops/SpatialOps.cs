@@ -5,7 +5,10 @@ namespace GpuAttention.Cli.Ops;
 /// <summary>Shared helpers of the spatial-transformer commands.</summary>
 internal static class SpatialCli
 {
-    public static GridSampleOptions Options(RunOptions o) => GridSampleOptions.Parse(o.Mode, o.Padding, o.AlignCorners);
+    public static GridSampleOptions Options(RunOptions o) => GridSampleOptions.Parse(o.Mode, o.Padding, o.AlignCorners) with
+    {
+        Backward = o.Atomic ? GridSampleBackwardMode.Atomic : GridSampleBackwardMode.Deterministic,
+    };
 
     /// <summary>Uploads the given arrays and allocates the outputs; disposes everything on failure.</summary>
     public static PreparedRun Prepare(Device device, (NpyArray Array, int[] Shape)[] uploads, int[][] outputs, string[] outputNames,

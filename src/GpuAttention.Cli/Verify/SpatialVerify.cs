@@ -53,6 +53,11 @@ internal static class SpatialVerify
             yield return new("grid-sample", $"{s} {o}", (dev, rng) => GridSample(dev, rng, s, o, backward: false));
             yield return new("grid-sample-backward", $"{s} {o}", (dev, rng) => GridSample(dev, rng, s, o, backward: true));
         }
+        // the opt-in atomic grad_input scatter (kernel backends; the CPU backend runs its deterministic path)
+        var atomic = new GridSampleOptions(Backward: GridSampleBackwardMode.Atomic);
+        foreach (var (s, o) in AllOptions().Select(o => (GridSampleShape, o with { Backward = GridSampleBackwardMode.Atomic })).Append((GpuSized, atomic)))
+            yield return new("grid-sample-backward", $"{s} {o}", (dev, rng) => GridSample(dev, rng, s, o, backward: true));
+        yield return new("spatial-transform-backward", $"{TransformShape} {atomic}", (dev, rng) => Transform(dev, rng, TransformShape, atomic, backward: true));
         foreach (var (s, o) in AllOptions().Select(o => (TransformShape, o)).Append((GpuSized, new GridSampleOptions())))
         {
             yield return new("spatial-transform", $"{s} {o}", (dev, rng) => Transform(dev, rng, s, o, backward: false));

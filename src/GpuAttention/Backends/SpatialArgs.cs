@@ -27,10 +27,11 @@ internal readonly record struct GridSampleArgs(GridSampleShape Shape, IDeviceBuf
 /// <summary>
 /// grid_sample backward: grad_out [N, C, Hout, Wout] → grad_input [N, C, H, W] and grad_grid [N, Hout, Wout, 2]
 /// (with <see cref="Theta"/> instead of <see cref="Grid"/>: grad_theta [N, 2, 3] in <see cref="GradTheta"/>, no grad_grid).
-/// Deterministic: no floating-point atomics.
+/// Deterministic (no floating-point atomics) unless <see cref="Atomic"/>: then kernel backends may scatter grad_input with float
+/// atomic adds (nondeterministic order); the CPU backend ignores it.
 /// </summary>
 internal readonly record struct GridSampleBackwardArgs(GridSampleShape Shape, IDeviceBuffer Input, IDeviceBuffer? Grid, IDeviceBuffer? Theta,
-    IDeviceBuffer GradOut, IDeviceBuffer GradInput, IDeviceBuffer? GradGrid, IDeviceBuffer? GradTheta);
+    IDeviceBuffer GradOut, IDeviceBuffer GradInput, IDeviceBuffer? GradGrid, IDeviceBuffer? GradTheta, bool Atomic = false);
 
 /// <summary>Backends with spatial-transformer kernels (affine_grid, grid_sample) implement this.</summary>
 internal interface ISpatialBackend

@@ -19,7 +19,8 @@ internal abstract partial class KernelBackend : ISpatialBackend
     /// <summary>The spatial.cl configuration for the compile checks (one program per device).</summary>
     private static IEnumerable<KernelConfig> SpatialShippedConfigs(KernelDeviceLimits d) =>
         [new KernelConfig("spatial.cl", SpatialDefinesFor(d), ["affine_grid_forward", "affine_grid_backward", "grid_sample_forward",
-            "grid_sample_backward_grid", "grid_sample_backward_input", "grid_sample_sum_partials"])];
+            "grid_sample_backward_grid", "grid_sample_backward_input", "grid_sample_sum_partials",
+            "grid_sample_backward_input_atomic"])];
 
     private int RedGroup => Math.Min(64, PowerOfTwoAtMost(MaxWorkGroupSize));
 
@@ -100,7 +101,14 @@ internal abstract partial class KernelBackend : ISpatialBackend
         Launch("spatial.cl", d, "grid_sample_backward_grid", [RoundUp(P, wg), s.N], [wg, 1],
             [KernelArg.Of(a.Input), KernelArg.Of(a.Grid), KernelArg.Of(a.Theta), KernelArg.Of(a.GradOut), KernelArg.Of(gridGrad),
              s.C, s.H, s.W, s.Hout, s.Wout, fused, (int)s.Mode, (int)s.Padding, s.AlignCorners]);
-        if (s.C > 0)
+        if (s.C > 0 && a.Atomic)
+        {
+            // Opt-in: one work-item per output point, float atomic adds into grad_input (zeroed above). Nondeterministic order.
+            Launch("spatial.cl", d, "grid_sample_backward_input_atomic", [RoundUp(P, wg), s.N], [wg, 1],
+                [KernelArg.Of(a.Grid), KernelArg.Of(a.Theta), KernelArg.Of(a.GradOut), KernelArg.Of(a.GradInput),
+                 s.C, s.H, s.W, s.Hout, s.Wout, fused, (int)s.Mode, (int)s.Padding, s.AlignCorners]);
+        }
+        else if (s.C > 0)
         {
             var (cb, chunks, chunkPoints) = ScatterConfig(s);
             IDeviceBuffer dst = a.GradInput;
