@@ -121,13 +121,15 @@ CASES = {
 }
 
 def run_measured(cmd):
-    """Runs cmd; returns (returncode, stdout, stderr, peak RSS in MiB of that process)."""
-    with tempfile.TemporaryFile() as fo, tempfile.TemporaryFile() as fe:
-        p = subprocess.Popen(cmd, stdout=fo, stderr=fe)
-        _, status, ru = os.wait4(p.pid, 0)
-        p.returncode = os.waitstatus_to_exitcode(status)
+    """Runs cmd; returns (returncode, stdout, stderr, peak RSS in MiB of that process).
+
+    The peak RSS comes from GNU time (/usr/bin/time -f %M), not from this process's wait4: a child forked from this
+    (large) Python process starts with its parent's RSS high-water mark, which survives exec."""
+    with tempfile.TemporaryFile() as fo, tempfile.TemporaryFile() as fe, tempfile.NamedTemporaryFile("r") as ft:
+        rc = subprocess.call(["/usr/bin/time", "-f", "%M", "-o", ft.name] + cmd, stdout=fo, stderr=fe)
         fo.seek(0); fe.seek(0)
-        return p.returncode, fo.read().decode(), fe.read().decode(), ru.ru_maxrss / 1024.0
+        kib = ft.read().strip().splitlines()
+        return rc, fo.read().decode(), fe.read().decode(), (int(kib[-1]) / 1024.0 if kib and kib[-1].isdigit() else float("nan"))
 
 def run_cli(case, backend, warmup, repeat):
     """Times every CLI op of the case (a list of ops is timed op by op and the medians summed)."""
