@@ -50,7 +50,7 @@ public class CpuSdpaPathTests
         }
     }
 
-    /// <summary>Backward shapes crossing the fast backward's tiles: key blocks of 128, query blocks of 32, E, Ev not multiples of 16.</summary>
+    /// <summary>Backward shapes crossing the fast backward's tiles: key blocks of 128, query blocks of 64, E, Ev not multiples of 16.</summary>
     public static IEnumerable<SdpaBackwardTests.Case> BackwardTileCases()
     {
         yield return new(1, 2, 1, 300, 290, 40, 24, Causal: true);                   // causal, GQA, many blocks

@@ -15,6 +15,8 @@ namespace GpuAttention.Backends.Cpu;
 /// </summary>
 internal sealed unsafe partial class CpuBackend
 {
+    internal const int BQB = 64;   // query rows per backward tile (a multiple of 4)
+
     private struct BwdCtx
     {
         public SdpaShape S;
@@ -40,7 +42,7 @@ internal sealed unsafe partial class CpuBackend
             {
                 S = s, Q = q, K = k, V = v, Mask = mask, Lse = lse, GradOut = gradOut, D = d, Dq = dq, Dk = dk, Dv = dv,
                 Kt = baseP, Vt = baseP + ktLen, Kp = padK ? baseP + ktLen + vtLen : k, KpStride = padK ? EPad : s.E,
-                EPad = EPad, EvPad = EvPad, KBlocks = kBlocks, QBlocks = (s.L + FQB - 1) / FQB,
+                EPad = EPad, EvPad = EvPad, KBlocks = kBlocks, QBlocks = (s.L + BQB - 1) / BQB,
             };
             if (heads * kBlocks > int.MaxValue || (long)s.B * s.Hq * ctx.QBlocks > int.MaxValue)
                 throw new NotSupportedException("too many attention rows for one call");
@@ -142,23 +144,23 @@ internal sealed unsafe partial class CpuBackend
         int EPad = c.EPad, EvPad = c.EvPad;
         float* kt = c.Kt + (bhk * c.KBlocks + blk) * EPad * FKB;
         float* vt = c.Vt + (bhk * c.KBlocks + blk) * EvPad * FKB;
-        float* dkAcc = FastScratch((long)FKB * (EPad + EvPad) + FQB * (EPad + EvPad + 2 * FKB));
+        float* dkAcc = FastScratch((long)FKB * (EPad + EvPad) + BQB * (EPad + EvPad + 2 * FKB));
         float* dvAcc = dkAcc + FKB * EPad;
         float* qs = dvAcc + FKB * EvPad;
-        float* dos = qs + FQB * EPad;
-        float* sc = dos + FQB * EvPad;
-        float* dp = sc + FQB * FKB;
+        float* dos = qs + BQB * EPad;
+        float* sc = dos + BQB * EvPad;
+        float* dp = sc + BQB * FKB;
         int kr = (kn + 3) & ~3;
         new Span<float>(dkAcc, kr * EPad).Clear();
         new Span<float>(dvAcc, kr * EvPad).Clear();
-        int iStart = s.Causal ? j0 / FQB * FQB : 0;
+        int iStart = s.Causal ? j0 / BQB * BQB : 0;
         for (int g = 0; g < s.Group; g++)
         {
             int h = hk * s.Group + g;
             long qRow0 = ((long)b * s.Hq + h) * s.L;
-            for (int i0 = iStart; i0 < s.L; i0 += FQB)
+            for (int i0 = iStart; i0 < s.L; i0 += BQB)
             {
-                int qn = Math.Min(FQB, s.L - i0), qr = (qn + 3) & ~3;
+                int qn = Math.Min(BQB, s.L - i0), qr = (qn + 3) & ~3;
                 BwdPackRows(ref c, qRow0 + i0, qn, qr, qs, dos);
                 BwdTile(ref c, b, h, i0, qn, qr, j0, kn, qs, dos, kt, vt, sc, dp);
                 for (int t = 0; t < kr; t += 4)
@@ -184,13 +186,13 @@ internal sealed unsafe partial class CpuBackend
         long bh = work / c.QBlocks;
         int b = (int)(bh / s.Hq), h = (int)(bh % s.Hq), hk = h / s.Group;
         long bhk = (long)b * s.Hkv + hk;
-        int i0 = qb * FQB, qn = Math.Min(FQB, s.L - i0), qr = (qn + 3) & ~3;
+        int i0 = qb * BQB, qn = Math.Min(BQB, s.L - i0), qr = (qn + 3) & ~3;
         int EPad = c.EPad, EvPad = c.EvPad;
-        float* dqAcc = FastScratch(FQB * (2 * EPad + EvPad + 2 * FKB));
-        float* qs = dqAcc + FQB * EPad;
-        float* dos = qs + FQB * EPad;
-        float* sc = dos + FQB * EvPad;
-        float* dp = sc + FQB * FKB;
+        float* dqAcc = FastScratch(BQB * (2 * EPad + EvPad + 2 * FKB));
+        float* qs = dqAcc + BQB * EPad;
+        float* dos = qs + BQB * EPad;
+        float* sc = dos + BQB * EvPad;
+        float* dp = sc + BQB * FKB;
         new Span<float>(dqAcc, qr * EPad).Clear();
         long qRow = bh * s.L + i0;
         BwdPackRows(ref c, qRow, qn, qr, qs, dos);
