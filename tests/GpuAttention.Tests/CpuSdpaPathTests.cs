@@ -50,6 +50,44 @@ public class CpuSdpaPathTests
         }
     }
 
+    /// <summary>Backward shapes crossing the fast backward's tiles: key blocks of 128, query blocks of 64, E, Ev not multiples of 16.</summary>
+    public static IEnumerable<SdpaBackwardTests.Case> BackwardTileCases()
+    {
+        yield return new(1, 2, 1, 300, 290, 40, 24, Causal: true);                   // causal, GQA, many blocks
+        yield return new(2, 3, 1, 97, 333, 64, 80, MaskShape: [97, 333]);             // Ev = 64 + 16 tail, float mask
+        yield return new(1, 2, 2, 70, 260, 13, 130, MaskShape: [1, 2, 70, 260], BoolMask: true);
+        yield return new(1, 1, 1, 257, 129, 64, 64, Causal: true);                   // causal, L > S, key block edge
+        yield return new(1, 4, 2, 65, 300, 33, 17, Causal: true, MaskShape: [1, 300]); // causal L < S, row-broadcast mask
+        yield return new(1, 1, 1, 5, 1, 7, 3);                                        // one key
+    }
+
+    private static IEnumerable<TestCaseData> BothBackward()
+    {
+        foreach (bool fast in new[] { true, false })
+            foreach (var c in BackwardTileCases().Concat(SdpaBackwardTests.Cases()))
+                yield return new TestCaseData(fast, c).SetName($"backward {(fast ? "avx512" : "portable")} {c}");
+    }
+
+    [TestCaseSource(nameof(BothBackward))]
+    public void BackwardPathMatchesReference(bool fast, SdpaBackwardTests.Case c)
+    {
+        if (fast && !(System.Runtime.Intrinsics.X86.Avx512F.IsSupported && Vector512.IsHardwareAccelerated))
+            Assert.Ignore("this CPU has no AVX-512F: only the portable path exists here");
+        bool saved = CpuBackend.FastSdpa;
+        CpuBackend.FastSdpa = fast;
+        var t = new SdpaBackwardTests("cpu");
+        try
+        {
+            t.Open();
+            t.MatchesReference(c);
+        }
+        finally
+        {
+            t.Close();
+            CpuBackend.FastSdpa = saved;
+        }
+    }
+
     [Test]
     public void VectorExpMatchesMathExp()
     {

@@ -41,6 +41,13 @@ internal sealed unsafe partial class CpuBackend : ISdpaBackwardBackend
                     new ReadOnlySpan<float>((float*)op + r * shape.Ev, shape.Ev));
         });
 
+        if (FastSdpa)
+        {
+            SdpaBackwardFast(shape, (float*)qp, (float*)kp, (float*)vp, (float*)mp, (float*)lp, (float*)gop, (float*)dp,
+                (float*)dqp, (float*)dkp, (float*)dvp);
+            return;
+        }
+
         int kBlocks = (s.S + BwdKeyBlock - 1) / BwdKeyBlock;
         Parallel.For(0L, (long)s.B * s.Hkv * kBlocks, item =>
         {

@@ -1,0 +1,272 @@
+using System.Numerics.Tensors;
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+
+namespace GpuAttention.Backends.Cpu;
+
+/// <summary>
+/// SDPA backward with AVX-512 micro-kernels (runs where <see cref="FastSdpa"/> is on; otherwise the portable path of
+/// CpuBackend.SdpaBackward.cs). Same two passes as the portable path, on <see cref="CpuWorkers"/>: Kᵀ and Vᵀ are packed
+/// once per call into blocks [EPad][<see cref="FKB"/>] (zero padded: O(S·E) memory), so S = (scale·Q)·Kᵀ and
+/// dP = dO·Vᵀ use the forward's 4×64 score micro-kernel; P = exp(S + mask − lse) and dS = P∘(dP − D) use the vectorised
+/// <see cref="Exp"/>; dV += Pᵀ·dO, dK += dSᵀ·(scale·Q) and dQ += dS·K use a 4-row rank-update micro-kernel that reads
+/// its left operand through strides (so Pᵀ, dSᵀ are never formed).
+/// </summary>
+internal sealed unsafe partial class CpuBackend
+{
+    internal const int BQB = 64;   // query rows per backward tile (a multiple of 4)
+
+    private struct BwdCtx
+    {
+        public SdpaShape S;
+        public float* Q, K, V, Mask, Lse, GradOut, D, Dq, Dk, Dv, Kt, Vt, Kp;
+        public int EPad, EvPad, KBlocks, QBlocks, KpStride;
+    }
+
+    private static void SdpaBackwardFast(in SdpaShape s, float* q, float* k, float* v, float* mask, float* lse, float* gradOut,
+        float* d, float* dq, float* dk, float* dv)
+    {
+        int EPad = (s.E + 15) & ~15, EvPad = (s.Ev + 15) & ~15;
+        int kBlocks = (s.S + FKB - 1) / FKB;
+        long heads = (long)s.B * s.Hkv;
+        long ktLen = heads * kBlocks * EPad * FKB, vtLen = heads * kBlocks * EvPad * FKB;
+        bool padK = EPad != s.E;
+        long kpLen = padK ? heads * s.S * EPad : 0;
+        long total = ktLen + vtLen + kpLen + 16;
+        var buf = GC.AllocateUninitializedArray<float>(checked((int)total), pinned: true);
+        fixed (float* pb = buf)
+        {
+            float* baseP = (float*)(((nint)pb + 63) & ~(nint)63);
+            var ctx = new BwdCtx
+            {
+                S = s, Q = q, K = k, V = v, Mask = mask, Lse = lse, GradOut = gradOut, D = d, Dq = dq, Dk = dk, Dv = dv,
+                Kt = baseP, Vt = baseP + ktLen, Kp = padK ? baseP + ktLen + vtLen : k, KpStride = padK ? EPad : s.E,
+                EPad = EPad, EvPad = EvPad, KBlocks = kBlocks, QBlocks = (s.L + BQB - 1) / BQB,
+            };
+            if (heads * kBlocks > int.MaxValue || (long)s.B * s.Hq * ctx.QBlocks > int.MaxValue)
+                throw new NotSupportedException("too many attention rows for one call");
+            CpuWorkers.For((int)(heads * kBlocks), &BwdPackItem, &ctx);
+            CpuWorkers.For((int)(heads * kBlocks), &BwdKeyItem, &ctx);
+            CpuWorkers.For((int)((long)s.B * s.Hq * ctx.QBlocks), &BwdQueryItem, &ctx);
+        }
+    }
+
+    private static void BwdPackItem(void* pctx, int work)
+    {
+        ref BwdCtx c = ref Unsafe.AsRef<BwdCtx>(pctx);
+        ref readonly SdpaShape s = ref c.S;
+        int blk = work % c.KBlocks;
+        long bhk = work / c.KBlocks;
+        int j0 = blk * FKB, kn = Math.Min(FKB, s.S - j0);
+        float* kt = c.Kt + (bhk * c.KBlocks + blk) * c.EPad * FKB;
+        float* vt = c.Vt + (bhk * c.KBlocks + blk) * c.EvPad * FKB;
+        new Span<float>(kt, c.EPad * FKB).Clear();
+        new Span<float>(vt, c.EvPad * FKB).Clear();
+        TransposeInto(c.K + (bhk * s.S + j0) * s.E, s.E, kn, kt);
+        TransposeInto(c.V + (bhk * s.S + j0) * s.Ev, s.Ev, kn, vt);
+        if (c.Kp != c.K)
+            for (int j = 0; j < kn; j++)
+            {
+                float* dst = c.Kp + (bhk * s.S + j0 + j) * c.EPad;
+                new ReadOnlySpan<float>(c.K + (bhk * s.S + j0 + j) * s.E, s.E).CopyTo(new Span<float>(dst, s.E));
+                new Span<float>(dst + s.E, c.EPad - s.E).Clear();
+            }
+    }
+
+    /// <summary>Packs rows i0..i0+qn of head (b, h): qs = scale·Q, dos = dO, both zero padded to qr rows and EPad/EvPad columns.</summary>
+    private static void BwdPackRows(ref BwdCtx c, long qRow, int qn, int qr, float* qs, float* dos)
+    {
+        ref readonly SdpaShape s = ref c.S;
+        new Span<float>(qs, qr * c.EPad).Clear();
+        new Span<float>(dos, qr * c.EvPad).Clear();
+        for (int r = 0; r < qn; r++)
+        {
+            TensorPrimitives.Multiply(new ReadOnlySpan<float>(c.Q + (qRow + r) * s.E, s.E), s.Scale, new Span<float>(qs + r * c.EPad, s.E));
+            new ReadOnlySpan<float>(c.GradOut + (qRow + r) * s.Ev, s.Ev).CopyTo(new Span<float>(dos + r * c.EvPad, s.Ev));
+        }
+    }
+
+    /// <summary>
+    /// sc = S tile, dp = dP tile (qr × kCols, row stride FKB) for rows i0.. of head (b, h) against keys j0.. of block
+    /// kt/vt; turns them into P and dS = P∘(dP − D) in place (zero outside the kn visible keys and rows ≥ qn).
+    /// </summary>
+    private static void BwdTile(ref BwdCtx c, int b, int h, int i0, int qn, int qr, int j0, int kn, float* qs, float* dos,
+        float* kt, float* vt, float* sc, float* dp)
+    {
+        ref readonly SdpaShape s = ref c.S;
+        int kCols = (kn + 63) & ~63;
+        for (int r = 0; r < qr; r += 4)
+            for (int cc = 0; cc < kCols; cc += 64)
+            {
+                ScoreTile4x64(qs + r * c.EPad, c.EPad, kt + cc, sc + r * FKB + cc);
+                ScoreTile4x64(dos + r * c.EvPad, c.EvPad, vt + cc, dp + r * FKB + cc);
+            }
+        long row0 = ((long)b * s.Hq + h) * s.L + i0;
+        long maskBase = b * s.MaskStrideB + h * s.MaskStrideH;
+        for (int r = 0; r < qr; r++)
+        {
+            float* ps = sc + r * FKB, ds = dp + r * FKB;
+            int i = i0 + r;
+            float l = r < qn ? c.Lse[row0 + r] : float.NegativeInfinity;
+            int keep = s.Causal ? Math.Clamp(i + 1 - j0, 0, kn) : kn;
+            if (float.IsNegativeInfinity(l) || keep == 0)
+            {
+                new Span<float>(ps, kCols).Clear(); new Span<float>(ds, kCols).Clear();
+                continue;
+            }
+            if (c.Mask != null)
+            {
+                float* mrow = c.Mask + maskBase + (long)i * s.MaskStrideL;
+                if (s.MaskStrideS == 1) TensorPrimitives.Add(new ReadOnlySpan<float>(ps, kn), new ReadOnlySpan<float>(mrow + j0, kn), new Span<float>(ps, kn));
+                else TensorPrimitives.Add(new ReadOnlySpan<float>(ps, kn), mrow[0], new Span<float>(ps, kn));
+            }
+            for (int j = keep; j < kCols; j++) ps[j] = float.NegativeInfinity;
+            var lv = Vector512.Create(l);
+            var dv = Vector512.Create(c.D[row0 + r]);
+            for (int j = 0; j < kCols; j += 16)
+            {
+                var p = Exp(Vector512.Load(ps + j) - lv);
+                p.Store(ps + j);
+                ((Vector512.Load(ds + j) - dv) * p).Store(ds + j);
+            }
+        }
+    }
+
+    private static void BwdKeyItem(void* pctx, int work)
+    {
+        ref BwdCtx c = ref Unsafe.AsRef<BwdCtx>(pctx);
+        ref readonly SdpaShape s = ref c.S;
+        int blk = work % c.KBlocks;
+        long bhk = work / c.KBlocks;
+        int b = (int)(bhk / s.Hkv), hk = (int)(bhk % s.Hkv);
+        int j0 = blk * FKB, kn = Math.Min(FKB, s.S - j0);
+        int EPad = c.EPad, EvPad = c.EvPad;
+        float* kt = c.Kt + (bhk * c.KBlocks + blk) * EPad * FKB;
+        float* vt = c.Vt + (bhk * c.KBlocks + blk) * EvPad * FKB;
+        float* dkAcc = FastScratch((long)FKB * (EPad + EvPad) + BQB * (EPad + EvPad + 2 * FKB));
+        float* dvAcc = dkAcc + FKB * EPad;
+        float* qs = dvAcc + FKB * EvPad;
+        float* dos = qs + BQB * EPad;
+        float* sc = dos + BQB * EvPad;
+        float* dp = sc + BQB * FKB;
+        int kr = (kn + 3) & ~3;
+        new Span<float>(dkAcc, kr * EPad).Clear();
+        new Span<float>(dvAcc, kr * EvPad).Clear();
+        int iStart = s.Causal ? j0 / BQB * BQB : 0;
+        for (int g = 0; g < s.Group; g++)
+        {
+            int h = hk * s.Group + g;
+            long qRow0 = ((long)b * s.Hq + h) * s.L;
+            for (int i0 = iStart; i0 < s.L; i0 += BQB)
+            {
+                int qn = Math.Min(BQB, s.L - i0), qr = (qn + 3) & ~3;
+                BwdPackRows(ref c, qRow0 + i0, qn, qr, qs, dos);
+                BwdTile(ref c, b, h, i0, qn, qr, j0, kn, qs, dos, kt, vt, sc, dp);
+                for (int t = 0; t < kr; t += 4)
+                {
+                    RankUpdate4(sc + t, 1, FKB, dos, EvPad, qr, dvAcc + t * EvPad, EvPad);   // dV += Pᵀ dO
+                    RankUpdate4(dp + t, 1, FKB, qs, EPad, qr, dkAcc + t * EPad, EPad);      // dK += dSᵀ (scale Q)
+                }
+            }
+        }
+        long kvRow = bhk * s.S + j0;
+        for (int j = 0; j < kn; j++)
+        {
+            new ReadOnlySpan<float>(dkAcc + j * EPad, s.E).CopyTo(new Span<float>(c.Dk + (kvRow + j) * s.E, s.E));
+            new ReadOnlySpan<float>(dvAcc + j * EvPad, s.Ev).CopyTo(new Span<float>(c.Dv + (kvRow + j) * s.Ev, s.Ev));
+        }
+    }
+
+    private static void BwdQueryItem(void* pctx, int work)
+    {
+        ref BwdCtx c = ref Unsafe.AsRef<BwdCtx>(pctx);
+        ref readonly SdpaShape s = ref c.S;
+        int qb = work % c.QBlocks;
+        long bh = work / c.QBlocks;
+        int b = (int)(bh / s.Hq), h = (int)(bh % s.Hq), hk = h / s.Group;
+        long bhk = (long)b * s.Hkv + hk;
+        int i0 = qb * BQB, qn = Math.Min(BQB, s.L - i0), qr = (qn + 3) & ~3;
+        int EPad = c.EPad, EvPad = c.EvPad;
+        float* dqAcc = FastScratch(BQB * (2 * EPad + EvPad + 2 * FKB));
+        float* qs = dqAcc + BQB * EPad;
+        float* dos = qs + BQB * EPad;
+        float* sc = dos + BQB * EvPad;
+        float* dp = sc + BQB * FKB;
+        new Span<float>(dqAcc, qr * EPad).Clear();
+        long qRow = bh * s.L + i0;
+        BwdPackRows(ref c, qRow, qn, qr, qs, dos);
+        int kEnd = s.Causal ? Math.Min(s.S, i0 + qn) : s.S;
+        float* kHead = c.Kp + bhk * s.S * c.KpStride;
+        for (int j0 = 0; j0 < kEnd; j0 += FKB)
+        {
+            int blk = j0 / FKB, kn = Math.Min(FKB, kEnd - j0);
+            float* kt = c.Kt + (bhk * c.KBlocks + blk) * EPad * FKB;
+            float* vt = c.Vt + (bhk * c.KBlocks + blk) * EvPad * FKB;
+            BwdTile(ref c, b, h, i0, qn, qr, j0, kn, qs, dos, kt, vt, sc, dp);
+            float* kb = kHead + (long)j0 * c.KpStride;
+            for (int r = 0; r < qr; r += 4)   // KpStride == EPad: K itself when E % 16 == 0, else its padded copy
+                RankUpdate4(dp + r * FKB, FKB, 1, kb, EPad, kn, dqAcc + r * EPad, EPad);   // dQ += dS K
+        }
+        var sv = s.Scale;
+        for (int r = 0; r < qn; r++)
+            TensorPrimitives.Multiply(new ReadOnlySpan<float>(dqAcc + r * EPad, s.E), sv, new Span<float>(c.Dq + (qRow + r) * s.E, s.E));
+    }
+
+    /// <summary>
+    /// acc[t·accStride + col] += Σ_x a[t·at + x·ax] · m[x·mStride + col] for t = 0..3, col &lt; cols (a multiple of 16).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void RankUpdate4(float* a, int at, int ax, float* m, int mStride, int n, float* acc, int cols)
+    {
+        float* p0 = a, p1 = a + at, p2 = p1 + at, p3 = p2 + at;
+        int accStride = cols;
+        int col = 0;
+        for (; col + 64 <= cols; col += 64)
+        {
+            float* a0 = acc + col, a1 = a0 + accStride, a2 = a1 + accStride, a3 = a2 + accStride;
+            Vector512<float> c00 = Vector512.Load(a0), c01 = Vector512.Load(a0 + 16), c02 = Vector512.Load(a0 + 32), c03 = Vector512.Load(a0 + 48);
+            Vector512<float> c10 = Vector512.Load(a1), c11 = Vector512.Load(a1 + 16), c12 = Vector512.Load(a1 + 32), c13 = Vector512.Load(a1 + 48);
+            Vector512<float> c20 = Vector512.Load(a2), c21 = Vector512.Load(a2 + 16), c22 = Vector512.Load(a2 + 32), c23 = Vector512.Load(a2 + 48);
+            Vector512<float> c30 = Vector512.Load(a3), c31 = Vector512.Load(a3 + 16), c32 = Vector512.Load(a3 + 32), c33 = Vector512.Load(a3 + 48);
+            float* mj = m + col;
+            long off = 0;
+            for (int x = 0; x < n; x++, mj += mStride, off += ax)
+            {
+                var v0 = Vector512.Load(mj); var v1 = Vector512.Load(mj + 16); var v2 = Vector512.Load(mj + 32); var v3 = Vector512.Load(mj + 48);
+                var s = Vector512.Create(p0[off]);
+                c00 = Avx512F.FusedMultiplyAdd(s, v0, c00); c01 = Avx512F.FusedMultiplyAdd(s, v1, c01);
+                c02 = Avx512F.FusedMultiplyAdd(s, v2, c02); c03 = Avx512F.FusedMultiplyAdd(s, v3, c03);
+                s = Vector512.Create(p1[off]);
+                c10 = Avx512F.FusedMultiplyAdd(s, v0, c10); c11 = Avx512F.FusedMultiplyAdd(s, v1, c11);
+                c12 = Avx512F.FusedMultiplyAdd(s, v2, c12); c13 = Avx512F.FusedMultiplyAdd(s, v3, c13);
+                s = Vector512.Create(p2[off]);
+                c20 = Avx512F.FusedMultiplyAdd(s, v0, c20); c21 = Avx512F.FusedMultiplyAdd(s, v1, c21);
+                c22 = Avx512F.FusedMultiplyAdd(s, v2, c22); c23 = Avx512F.FusedMultiplyAdd(s, v3, c23);
+                s = Vector512.Create(p3[off]);
+                c30 = Avx512F.FusedMultiplyAdd(s, v0, c30); c31 = Avx512F.FusedMultiplyAdd(s, v1, c31);
+                c32 = Avx512F.FusedMultiplyAdd(s, v2, c32); c33 = Avx512F.FusedMultiplyAdd(s, v3, c33);
+            }
+            c00.Store(a0); c01.Store(a0 + 16); c02.Store(a0 + 32); c03.Store(a0 + 48);
+            c10.Store(a1); c11.Store(a1 + 16); c12.Store(a1 + 32); c13.Store(a1 + 48);
+            c20.Store(a2); c21.Store(a2 + 16); c22.Store(a2 + 32); c23.Store(a2 + 48);
+            c30.Store(a3); c31.Store(a3 + 16); c32.Store(a3 + 32); c33.Store(a3 + 48);
+        }
+        for (; col < cols; col += 16)
+        {
+            float* a0 = acc + col, a1 = a0 + accStride, a2 = a1 + accStride, a3 = a2 + accStride;
+            Vector512<float> c0 = Vector512.Load(a0), c1 = Vector512.Load(a1), c2 = Vector512.Load(a2), c3 = Vector512.Load(a3);
+            float* mj = m + col;
+            long off = 0;
+            for (int x = 0; x < n; x++, mj += mStride, off += ax)
+            {
+                var vv = Vector512.Load(mj);
+                c0 = Avx512F.FusedMultiplyAdd(Vector512.Create(p0[off]), vv, c0);
+                c1 = Avx512F.FusedMultiplyAdd(Vector512.Create(p1[off]), vv, c1);
+                c2 = Avx512F.FusedMultiplyAdd(Vector512.Create(p2[off]), vv, c2);
+                c3 = Avx512F.FusedMultiplyAdd(Vector512.Create(p3[off]), vv, c3);
+            }
+            c0.Store(a0); c1.Store(a1); c2.Store(a2); c3.Store(a3);
+        }
+    }
+}
