@@ -490,6 +490,7 @@ internal sealed unsafe partial class CpuBackend : ISpatialBackend
         if (Avx2.IsSupported && Fma.IsSupported)
         {
             var one = Vector256.Create(1f);
+            float* prod = stackalloc float[32];
             for (; i + 8 <= count; i += 8)
             {
                 // grid gradient for 8 points with masked gathers ...
@@ -504,14 +505,19 @@ internal sealed unsafe partial class CpuBackend : ISpatialBackend
                 var ty = (v2 - v0) * (one - ax) + (v3 - v1) * ax;
                 Avx.Store(gx + i, Fma.MultiplyAdd(g, tx, Avx.LoadVector256(gx + i)));
                 Avx.Store(gy + i, Fma.MultiplyAdd(g, ty, Avx.LoadVector256(gy + i)));
-                // ... then the scatter, in point order (scalar: two points may share a pixel)
-                for (int j = i; j < i + 8; j++)
+                // ... then the scatter, in point order (scalar: two points may share a pixel); the masked
+                // products weight·grad are formed 8 at a time first (same values as the scalar Masked(w·g, m))
+                Avx.Store(prod, Avx.And(Avx.Multiply(Avx.LoadVector256(f + i), g), Avx.LoadVector256(ints + 4 * T + i).AsSingle()));
+                Avx.Store(prod + 8, Avx.And(Avx.Multiply(Avx.LoadVector256(f + T + i), g), Avx.LoadVector256(ints + 5 * T + i).AsSingle()));
+                Avx.Store(prod + 16, Avx.And(Avx.Multiply(Avx.LoadVector256(f + 2 * T + i), g), Avx.LoadVector256(ints + 6 * T + i).AsSingle()));
+                Avx.Store(prod + 24, Avx.And(Avx.Multiply(Avx.LoadVector256(f + 3 * T + i), g), Avx.LoadVector256(ints + 7 * T + i).AsSingle()));
+                int* o = ints + i;
+                for (int j = 0; j < 8; j++)
                 {
-                    float gj = gout[j];
-                    gin[ints[j]] += Masked(f[j] * gj, ints[4 * T + j]);
-                    gin[ints[T + j]] += Masked(f[T + j] * gj, ints[5 * T + j]);
-                    gin[ints[2 * T + j]] += Masked(f[2 * T + j] * gj, ints[6 * T + j]);
-                    gin[ints[3 * T + j]] += Masked(f[3 * T + j] * gj, ints[7 * T + j]);
+                    gin[o[j]] += prod[j];
+                    gin[o[T + j]] += prod[8 + j];
+                    gin[o[2 * T + j]] += prod[16 + j];
+                    gin[o[3 * T + j]] += prod[24 + j];
                 }
             }
         }
