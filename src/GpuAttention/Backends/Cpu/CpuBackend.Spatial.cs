@@ -263,6 +263,19 @@ internal sealed unsafe partial class CpuBackend : ISpatialBackend
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static float Masked(float v, int mask) => BitConverter.Int32BitsToSingle(BitConverter.SingleToInt32Bits(v) & mask);
 
+    private const int BackwardChunkTiles = 64;
+    [ThreadStatic] private static int[]? t_backwardInts;
+    [ThreadStatic] private static float[]? t_backwardFloats;
+
+    /// <summary>Per-thread scratch for <paramref name="tiles"/> resolved tiles (the tile layout of <see cref="ResolveTile"/>, back to back).</summary>
+    private static (int[] Ints, float[] Floats) BackwardScratch(int tiles)
+    {
+        long ni = (long)tiles * 8 * PointTile, nf = (long)tiles * 10 * PointTile;
+        if (t_backwardInts is null || t_backwardInts.Length < ni) t_backwardInts = new int[checked((int)ni)];
+        if (t_backwardFloats is null || t_backwardFloats.Length < nf) t_backwardFloats = new float[checked((int)nf)];
+        return (t_backwardInts, t_backwardFloats);
+    }
+
     private static (int[] Ints, float[] Floats) SpatialScratch()
     {
         var ints = t_spatialInts ??= new int[8 * PointTile];
@@ -345,7 +358,7 @@ internal sealed unsafe partial class CpuBackend : ISpatialBackend
         long P = s.OutPoints;
         long plane = (long)s.H * s.W;
         var gradInput = B(a.GradInput);
-        Fill(gradInput, 0f);
+        if (s.N == 0 || P == 0) Fill(gradInput, 0f);   // otherwise each backward task zeroes its own planes, just before use
         float* gradGrid = a.GradGrid is null ? null : B(a.GradGrid).Pointer;
         float[]? fusedGrid = null;
         if (a.Theta is not null)
@@ -393,28 +406,54 @@ internal sealed unsafe partial class CpuBackend : ISpatialBackend
                     int n = item / nCb, cb = item % nCb;
                     int c0 = cb * cbSize, c1 = Math.Min(shape.C, c0 + cbSize);
                     float* ggOut = (float*)ggp + ((long)cb * shape.N + n) * P * 2;
-                    var (ints, flts) = SpatialScratch();
+                    // All tiles of image n are resolved once; then channel by channel (so only one input plane and
+                    // one grad_input plane are hot at a time), tile by tile. Per-plane and per-point summation order
+                    // is the same as a tile-outer walk: points in order within a plane, channels in order per point.
+                    // Large outputs go in chunks of BackwardChunkTiles tiles (bounded scratch; same orders).
+                    long allTiles = (P + PointTile - 1) / PointTile;
+                    var (ints, flts) = BackwardScratch((int)Math.Min(allTiles, BackwardChunkTiles));
                     fixed (int* ii = ints) fixed (float* ff = flts)
+                    for (long chunk0 = 0; chunk0 < allTiles; chunk0 += BackwardChunkTiles)
                     {
-                        for (long p0 = 0; p0 < P; p0 += PointTile)
+                        int tiles = (int)Math.Min(BackwardChunkTiles, allTiles - chunk0);
+                        for (int t = 0; t < tiles; t++)
                         {
+                            long p0 = (chunk0 + t) * PointTile;
                             int count = (int)Math.Min(PointTile, P - p0);
-                            ResolveTile(shape, (float*)gp, (float*)tp, n, p0, count, ii, ff);
-                            float* gx = ff + 8 * PointTile, gy = ff + 9 * PointTile;
-                            new Span<float>(gx, count).Clear();
-                            new Span<float>(gy, count).Clear();
-                            for (int c = c0; c < c1; c++)
+                            int* it = ii + (long)t * 8 * PointTile;
+                            float* ft = ff + (long)t * 10 * PointTile;
+                            ResolveTile(shape, (float*)gp, (float*)tp, n, p0, count, it, ft);
+                            new Span<float>(ft + 8 * PointTile, 2 * PointTile).Clear();
+                        }
+                        for (int c = c0; c < c1; c++)
+                        {
+                            long img = ((long)n * shape.C + c) * plane;
+                            float* gin = (float*)gip + img;
+                            if (chunk0 == 0)
+                                for (long z = 0; z < plane; z += int.MaxValue)
+                                    new Span<float>(gin + z, (int)Math.Min(int.MaxValue, plane - z)).Clear();
+                            for (int t = 0; t < tiles; t++)
                             {
-                                long img = ((long)n * shape.C + c) * plane;
+                                long p0 = (chunk0 + t) * PointTile;
+                                int count = (int)Math.Min(PointTile, P - p0);
+                                int* it = ii + (long)t * 8 * PointTile;
+                                float* ft = ff + (long)t * 10 * PointTile;
                                 float* gout = (float*)gop + ((long)n * shape.C + c) * P + p0;
-                                if (shape.Mode == GridSampleMode.Nearest) ScatterNearest((float*)gip + img, gout, count, ii);
-                                else ScatterBilinear((float*)ip + img, (float*)gip + img, gout, count, ii, ff);
+                                if (shape.Mode == GridSampleMode.Nearest) ScatterNearest(gin, gout, count, it);
+                                else ScatterBilinear((float*)ip + img, gin, gout, count, it, ft);
                             }
+                        }
+                        for (int t = 0; t < tiles; t++)
+                        {
+                            long p0 = (chunk0 + t) * PointTile;
+                            int count = (int)Math.Min(PointTile, P - p0);
+                            float* ft = ff + (long)t * 10 * PointTile;
+                            float* gx = ft + 8 * PointTile, gy = ft + 9 * PointTile;
                             float* dst = ggOut + p0 * 2;
                             for (int i = 0; i < count; i++)
                             {
-                                dst[2 * i] = shape.Mode == GridSampleMode.Nearest ? 0f : gx[i] * ff[6 * PointTile + i];
-                                dst[2 * i + 1] = shape.Mode == GridSampleMode.Nearest ? 0f : gy[i] * ff[7 * PointTile + i];
+                                dst[2 * i] = shape.Mode == GridSampleMode.Nearest ? 0f : gx[i] * ft[6 * PointTile + i];
+                                dst[2 * i + 1] = shape.Mode == GridSampleMode.Nearest ? 0f : gy[i] * ft[7 * PointTile + i];
                             }
                         }
                     }
@@ -451,6 +490,7 @@ internal sealed unsafe partial class CpuBackend : ISpatialBackend
         if (Avx2.IsSupported && Fma.IsSupported)
         {
             var one = Vector256.Create(1f);
+            float* prod = stackalloc float[32];
             for (; i + 8 <= count; i += 8)
             {
                 // grid gradient for 8 points with masked gathers ...
@@ -465,14 +505,19 @@ internal sealed unsafe partial class CpuBackend : ISpatialBackend
                 var ty = (v2 - v0) * (one - ax) + (v3 - v1) * ax;
                 Avx.Store(gx + i, Fma.MultiplyAdd(g, tx, Avx.LoadVector256(gx + i)));
                 Avx.Store(gy + i, Fma.MultiplyAdd(g, ty, Avx.LoadVector256(gy + i)));
-                // ... then the scatter, in point order (scalar: two points may share a pixel)
-                for (int j = i; j < i + 8; j++)
+                // ... then the scatter, in point order (scalar: two points may share a pixel); the masked
+                // products weight·grad are formed 8 at a time first (same values as the scalar Masked(w·g, m))
+                Avx.Store(prod, Avx.And(Avx.Multiply(Avx.LoadVector256(f + i), g), Avx.LoadVector256(ints + 4 * T + i).AsSingle()));
+                Avx.Store(prod + 8, Avx.And(Avx.Multiply(Avx.LoadVector256(f + T + i), g), Avx.LoadVector256(ints + 5 * T + i).AsSingle()));
+                Avx.Store(prod + 16, Avx.And(Avx.Multiply(Avx.LoadVector256(f + 2 * T + i), g), Avx.LoadVector256(ints + 6 * T + i).AsSingle()));
+                Avx.Store(prod + 24, Avx.And(Avx.Multiply(Avx.LoadVector256(f + 3 * T + i), g), Avx.LoadVector256(ints + 7 * T + i).AsSingle()));
+                int* o = ints + i;
+                for (int j = 0; j < 8; j++)
                 {
-                    float gj = gout[j];
-                    gin[ints[j]] += Masked(f[j] * gj, ints[4 * T + j]);
-                    gin[ints[T + j]] += Masked(f[T + j] * gj, ints[5 * T + j]);
-                    gin[ints[2 * T + j]] += Masked(f[2 * T + j] * gj, ints[6 * T + j]);
-                    gin[ints[3 * T + j]] += Masked(f[3 * T + j] * gj, ints[7 * T + j]);
+                    gin[o[j]] += prod[j];
+                    gin[o[T + j]] += prod[8 + j];
+                    gin[o[2 * T + j]] += prod[16 + j];
+                    gin[o[3 * T + j]] += prod[24 + j];
                 }
             }
         }
