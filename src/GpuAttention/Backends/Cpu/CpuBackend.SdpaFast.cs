@@ -225,7 +225,7 @@ internal sealed unsafe partial class CpuBackend
                 for (int r = qn; r < qr; r++) new Span<float>(sc + r * FKB, k16).Clear();
                 float* vb = vBase + (long)(j0 - jBegin) * vStride;
                 for (int r = 0; r < qr; r += 4)
-                    AccumulatePV4(sc + r * FKB, vb, vStride, kn, acc + r * EvPad, EvPad);
+                    RankUpdate4(sc + r * FKB, FKB, 1, vb, vStride, kn, acc + r * EvPad, EvPad);   // O += P V
             }
 
             if (c.Parts != null)
@@ -364,55 +364,4 @@ internal sealed unsafe partial class CpuBackend
         sc += FKB; c30.Store(sc); c31.Store(sc + 16); c32.Store(sc + 32); c33.Store(sc + 48);
     }
 
-    /// <summary>acc[r·EvPad + c] += Σ_j p[r·FKB + j] · v[j·vStride + c], r = 0..3, c &lt; EvPad (a multiple of 16).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void AccumulatePV4(float* p, float* v, int vStride, int kn, float* acc, int EvPad)
-    {
-        float* p0 = p, p1 = p + FKB, p2 = p1 + FKB, p3 = p2 + FKB;
-        int c = 0;
-        for (; c + 64 <= EvPad; c += 64)
-        {
-            float* a0 = acc + c, a1 = a0 + EvPad, a2 = a1 + EvPad, a3 = a2 + EvPad;
-            Vector512<float> c00 = Vector512.Load(a0), c01 = Vector512.Load(a0 + 16), c02 = Vector512.Load(a0 + 32), c03 = Vector512.Load(a0 + 48);
-            Vector512<float> c10 = Vector512.Load(a1), c11 = Vector512.Load(a1 + 16), c12 = Vector512.Load(a1 + 32), c13 = Vector512.Load(a1 + 48);
-            Vector512<float> c20 = Vector512.Load(a2), c21 = Vector512.Load(a2 + 16), c22 = Vector512.Load(a2 + 32), c23 = Vector512.Load(a2 + 48);
-            Vector512<float> c30 = Vector512.Load(a3), c31 = Vector512.Load(a3 + 16), c32 = Vector512.Load(a3 + 32), c33 = Vector512.Load(a3 + 48);
-            float* vj = v + c;
-            for (int j = 0; j < kn; j++, vj += vStride)
-            {
-                var v0 = Vector512.Load(vj); var v1 = Vector512.Load(vj + 16); var v2 = Vector512.Load(vj + 32); var v3 = Vector512.Load(vj + 48);
-                var a = Vector512.Create(p0[j]);
-                c00 = Avx512F.FusedMultiplyAdd(a, v0, c00); c01 = Avx512F.FusedMultiplyAdd(a, v1, c01);
-                c02 = Avx512F.FusedMultiplyAdd(a, v2, c02); c03 = Avx512F.FusedMultiplyAdd(a, v3, c03);
-                a = Vector512.Create(p1[j]);
-                c10 = Avx512F.FusedMultiplyAdd(a, v0, c10); c11 = Avx512F.FusedMultiplyAdd(a, v1, c11);
-                c12 = Avx512F.FusedMultiplyAdd(a, v2, c12); c13 = Avx512F.FusedMultiplyAdd(a, v3, c13);
-                a = Vector512.Create(p2[j]);
-                c20 = Avx512F.FusedMultiplyAdd(a, v0, c20); c21 = Avx512F.FusedMultiplyAdd(a, v1, c21);
-                c22 = Avx512F.FusedMultiplyAdd(a, v2, c22); c23 = Avx512F.FusedMultiplyAdd(a, v3, c23);
-                a = Vector512.Create(p3[j]);
-                c30 = Avx512F.FusedMultiplyAdd(a, v0, c30); c31 = Avx512F.FusedMultiplyAdd(a, v1, c31);
-                c32 = Avx512F.FusedMultiplyAdd(a, v2, c32); c33 = Avx512F.FusedMultiplyAdd(a, v3, c33);
-            }
-            c00.Store(a0); c01.Store(a0 + 16); c02.Store(a0 + 32); c03.Store(a0 + 48);
-            c10.Store(a1); c11.Store(a1 + 16); c12.Store(a1 + 32); c13.Store(a1 + 48);
-            c20.Store(a2); c21.Store(a2 + 16); c22.Store(a2 + 32); c23.Store(a2 + 48);
-            c30.Store(a3); c31.Store(a3 + 16); c32.Store(a3 + 32); c33.Store(a3 + 48);
-        }
-        for (; c < EvPad; c += 16)
-        {
-            float* a0 = acc + c, a1 = a0 + EvPad, a2 = a1 + EvPad, a3 = a2 + EvPad;
-            Vector512<float> c0 = Vector512.Load(a0), c1 = Vector512.Load(a1), c2 = Vector512.Load(a2), c3 = Vector512.Load(a3);
-            float* vj = v + c;
-            for (int j = 0; j < kn; j++, vj += vStride)
-            {
-                var vv = Vector512.Load(vj);
-                c0 = Avx512F.FusedMultiplyAdd(Vector512.Create(p0[j]), vv, c0);
-                c1 = Avx512F.FusedMultiplyAdd(Vector512.Create(p1[j]), vv, c1);
-                c2 = Avx512F.FusedMultiplyAdd(Vector512.Create(p2[j]), vv, c2);
-                c3 = Avx512F.FusedMultiplyAdd(Vector512.Create(p3[j]), vv, c3);
-            }
-            c0.Store(a0); c1.Store(a1); c2.Store(a2); c3.Store(a3);
-        }
-    }
 }
