@@ -14,38 +14,16 @@ public class GflopsConfig : ManualConfig
     {
         AddJob(Job.Default.WithWarmupCount(2).WithIterationCount(5).WithLaunchCount(1).WithInvocationCount(1).WithUnrollFactor(1));
         AddDiagnoser(MemoryDiagnoser.Default);
-        AddColumn(new GflopsColumn());
+        AddColumn(new RateColumn("GFLOP/s", "useful FLOPs of one call (2·L·S·(E+Ev) per head for SDPA forward) / median time", FlopsOf));
     }
 
-    private sealed class GflopsColumn : IColumn
+    /// <summary>FLOPs of one call of the case's method: a benchmark instance made with the case's parameters is asked.</summary>
+    private static double FlopsOf(BenchmarkCase c)
     {
-        public string Id => "GFLOPs";
-        public string ColumnName => "GFLOP/s";
-        public bool AlwaysShow => true;
-        public ColumnCategory Category => ColumnCategory.Custom;
-        public int PriorityInCategory => 0;
-        public bool IsNumeric => true;
-        public UnitType UnitType => UnitType.Dimensionless;
-        public string Legend => "Useful FLOPs per second (2·L·S·(E+Ev) per head for SDPA forward)";
-        public bool IsAvailable(Summary summary) => true;
-        public bool IsDefault(Summary summary, BenchmarkCase benchmarkCase) => false;
-        public string GetValue(Summary summary, BenchmarkCase benchmarkCase) => GetValue(summary, benchmarkCase, SummaryStyle.Default);
-        public string GetValue(Summary summary, BenchmarkCase benchmarkCase, SummaryStyle style)
-        {
-            var report = summary[benchmarkCase];
-            if (report?.ResultStatistics is null) return "-";
-            // The host process has no benchmark instance: make one with the case's parameters and ask it.
-            double flops = FlopsOf(benchmarkCase);
-            return flops <= 0 ? "-" : (flops / report.ResultStatistics.Median).ToString("F1");   // FLOP/ns = GFLOP/s
-        }
-
-        private static double FlopsOf(BenchmarkCase c)
-        {
-            var inst = Activator.CreateInstance(c.Descriptor.Type);
-            foreach (var p in c.Parameters.Items)
-                c.Descriptor.Type.GetProperty(p.Name)?.SetValue(inst, p.Value);
-            return inst is IFlopCount f ? f.FlopsOf(c.Descriptor.WorkloadMethod.Name) : 0;
-        }
+        var inst = Activator.CreateInstance(c.Descriptor.Type);
+        foreach (var p in c.Parameters.Items)
+            c.Descriptor.Type.GetProperty(p.Name)?.SetValue(inst, p.Value);
+        return inst is IFlopCount f ? f.FlopsOf(c.Descriptor.WorkloadMethod.Name) : 0;
     }
 }
 
@@ -53,4 +31,30 @@ public class GflopsConfig : ManualConfig
 public interface IFlopCount
 {
     double FlopsOf(string method);
+}
+
+/// <summary>
+/// A rate column: work of one call (FLOPs or bytes, from <paramref name="workPerCall"/>) divided by the median time,
+/// i.e. GFLOP/s or GB/s (work per nanosecond). Shared by every benchmark family.
+/// </summary>
+public sealed class RateColumn(string columnName, string legend, Func<BenchmarkCase, double> workPerCall) : IColumn
+{
+    public string Id => "Rate" + columnName;
+    public string ColumnName => columnName;
+    public bool AlwaysShow => true;
+    public ColumnCategory Category => ColumnCategory.Custom;
+    public int PriorityInCategory => 0;
+    public bool IsNumeric => true;
+    public UnitType UnitType => UnitType.Dimensionless;
+    public string Legend => legend;
+    public bool IsAvailable(Summary summary) => true;
+    public bool IsDefault(Summary summary, BenchmarkCase benchmarkCase) => false;
+    public string GetValue(Summary summary, BenchmarkCase benchmarkCase) => GetValue(summary, benchmarkCase, SummaryStyle.Default);
+    public string GetValue(Summary summary, BenchmarkCase benchmarkCase, SummaryStyle style)
+    {
+        var report = summary[benchmarkCase];
+        double work = workPerCall(benchmarkCase);
+        if (report?.ResultStatistics is null || work <= 0) return "-";
+        return (work / report.ResultStatistics.Median).ToString("F2");   // per ns = G per s
+    }
 }

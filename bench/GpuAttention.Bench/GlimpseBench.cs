@@ -6,6 +6,7 @@ using BenchmarkDotNet.Reports;
 using BenchmarkDotNet.Running;
 using GpuAttention;
 using GpuAttention.Backends;
+using GpuAttention.Bench;
 
 /// <summary>
 /// Separable Gaussian glimpse, forward and backward, per backend, at N16 C16 128×128 → 32×32 (the shape).
@@ -61,30 +62,7 @@ internal sealed class GlimpseBenchConfig : ManualConfig
     {
         AddJob(Job.ShortRun.WithWarmupCount(2).WithIterationCount(5).WithLaunchCount(1)
             .WithToolchain(BenchmarkDotNet.Toolchains.InProcess.Emit.InProcessEmitToolchain.Instance));
-        AddColumn(new GlimpseGflopsColumn());
-    }
-}
-
-/// <summary>GFLOP/s of the products (2 per multiply-add; forward in the cheaper order) from the mean time.</summary>
-internal sealed class GlimpseGflopsColumn : IColumn
-{
-    public string Id => "GlimpseGflops";
-    public string ColumnName => "GFLOP/s";
-    public bool AlwaysShow => true;
-    public ColumnCategory Category => ColumnCategory.Custom;
-    public int PriorityInCategory => 0;
-    public bool IsNumeric => true;
-    public UnitType UnitType => UnitType.Dimensionless;
-    public string Legend => "products' FLOPs / mean time";
-    public bool IsDefault(Summary summary, BenchmarkCase benchmarkCase) => false;
-    public bool IsAvailable(Summary summary) => true;
-    public string GetValue(Summary summary, BenchmarkCase benchmarkCase) => GetValue(summary, benchmarkCase, SummaryStyle.Default);
-    public string GetValue(Summary summary, BenchmarkCase benchmarkCase, SummaryStyle style)
-    {
-        var report = summary[benchmarkCase];
-        if (report?.ResultStatistics is null) return "-";
-        var s = GlimpseBench.Shape;
-        double flops = benchmarkCase.Descriptor.WorkloadMethod.Name == nameof(GlimpseBench.Forward) ? s.ForwardFlops : s.BackwardFlops;
-        return (flops / report.ResultStatistics.Mean).ToString("F2");   // FLOP per ns = GFLOP/s
+        AddColumn(new RateColumn("GFLOP/s", "products' FLOPs (2 per multiply-add; forward in the cheaper order) / median time",
+            c => c.Descriptor.WorkloadMethod.Name == nameof(GlimpseBench.Forward) ? GlimpseBench.Shape.ForwardFlops : GlimpseBench.Shape.BackwardFlops));
     }
 }

@@ -117,34 +117,13 @@ public class SpatialBenchConfig : ManualConfig
     public SpatialBenchConfig()
     {
         AddJob(Job.ShortRun.WithWarmupCount(2).WithIterationCount(5).WithLaunchCount(1));
-        AddColumn(new GbPerSecondColumn());
-    }
-
-    private sealed class GbPerSecondColumn : IColumn
-    {
-        public string Id => "GBps";
-        public string ColumnName => "GB/s";
-        public bool AlwaysShow => true;
-        public ColumnCategory Category => ColumnCategory.Custom;
-        public int PriorityInCategory => 0;
-        public bool IsNumeric => true;
-        public UnitType UnitType => UnitType.Dimensionless;
-        public string Legend => "minimum traffic (inputs read once, outputs written once) / median time";
-        public bool IsAvailable(Summary summary) => true;
-        public bool IsDefault(Summary summary, BenchmarkCase benchmarkCase) => false;
-        public string GetValue(Summary summary, BenchmarkCase benchmarkCase) => GetValue(summary, benchmarkCase, SummaryStyle.Default);
-        public string GetValue(Summary summary, BenchmarkCase benchmarkCase, SummaryStyle style)
-        {
-            var report = summary[benchmarkCase];
-            if (report?.ResultStatistics is null) return "-";
-            double bytes = benchmarkCase.Descriptor.WorkloadMethod.Name switch
-            {
-                nameof(SpatialBench.Forward) => SpatialBench.ForwardBytes,
-                nameof(SpatialBench.Backward) => SpatialBench.BackwardBytes,
-                nameof(GridSampleBackwardModeBench.FusedBackward) => SpatialBench.BackwardBytes,
-                _ => SpatialBench.ForwardBytes + SpatialBench.BackwardBytes,
-            };
-            return (bytes / (report.ResultStatistics.Median * 1e-9) / 1e9).ToString("F2");
-        }
+        AddColumn(new RateColumn("GB/s", "minimum traffic (inputs read once, outputs written once) / median time", c =>
+            c.Descriptor.WorkloadMethod.Name switch
+                {
+                    nameof(SpatialBench.Forward) => SpatialBench.ForwardBytes,
+                    nameof(SpatialBench.Backward) => SpatialBench.BackwardBytes,
+                    nameof(GridSampleBackwardModeBench.FusedBackward) => SpatialBench.BackwardBytes,
+                    _ => SpatialBench.ForwardBytes + SpatialBench.BackwardBytes,
+                }));
     }
 }
