@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Reflection;
+using NUnit.Framework;
 
 namespace GpuAttention.Tests;
 
@@ -23,6 +24,17 @@ internal static class CliRunner
         var se = p.StandardError.ReadToEndAsync();
         if (!p.WaitForExit(120_000)) { p.Kill(true); throw new TimeoutException("gpuattention did not finish in 120 s"); }
         return (p.ExitCode, so.Result, se.Result);
+    }
+
+    /// <summary>Runs the CLI and asserts a clean failure: the exit code, a message that mentions <paramref name="mustMention"/>
+    /// on stderr, no stack trace, and nothing written to <paramref name="outDir"/>.</summary>
+    public static void AssertFails(string outDir, int expectedCode, string mustMention, params string[] args)
+    {
+        var (code, so, se) = Run(args);
+        Assert.That(code, Is.EqualTo(expectedCode), $"stdout: {so}\nstderr: {se}");
+        Assert.That(se, Does.Contain(mustMention));
+        Assert.That(se, Does.Not.Contain("   at "), "no stack trace");
+        Assert.That(Directory.EnumerateFileSystemEntries(outDir), Is.Empty, "nothing written on failure");
     }
 
     public static string TempDir()

@@ -23,31 +23,13 @@ public class CpuSdpaPathTests
         yield return new(1, 1, 1, 5, 1, 7, 3);                                       // one key
     }
 
-    private static IEnumerable<TestCaseData> Both()
-    {
-        foreach (bool fast in new[] { true, false })
-            foreach (var c in TileCases().Concat(SdpaForwardTests.Cases()))
-                yield return new TestCaseData(fast, c).SetName($"{(fast ? "avx512" : "portable")} {c}");
-    }
+    private static IEnumerable<TestCaseData> Both() => CpuPath.Cases("", TileCases().Concat(SdpaForwardTests.Cases()));
 
     [TestCaseSource(nameof(Both))]
     public void PathMatchesReference(bool fast, SdpaForwardTests.Case c)
     {
-        if (fast && !(System.Runtime.Intrinsics.X86.Avx512F.IsSupported && Vector512.IsHardwareAccelerated))
-            Assert.Ignore("this CPU has no AVX-512F: only the portable path exists here");
-        bool saved = CpuBackend.FastSdpa;
-        CpuBackend.FastSdpa = fast;
         var t = new SdpaForwardTests("cpu");
-        try
-        {
-            t.Open();
-            t.MatchesReference(c);
-        }
-        finally
-        {
-            t.Close();
-            CpuBackend.FastSdpa = saved;
-        }
+        CpuPath.Run(fast, () => CpuBackend.FastSdpa, v => CpuBackend.FastSdpa = v, t.Open, () => t.MatchesReference(c), t.Close);
     }
 
     /// <summary>Backward shapes crossing the fast backward's tiles: key blocks of 128, query blocks of 64, E, Ev not multiples of 16.</summary>
@@ -61,37 +43,19 @@ public class CpuSdpaPathTests
         yield return new(1, 1, 1, 5, 1, 7, 3);                                        // one key
     }
 
-    private static IEnumerable<TestCaseData> BothBackward()
-    {
-        foreach (bool fast in new[] { true, false })
-            foreach (var c in BackwardTileCases().Concat(SdpaBackwardTests.Cases()))
-                yield return new TestCaseData(fast, c).SetName($"backward {(fast ? "avx512" : "portable")} {c}");
-    }
+    private static IEnumerable<TestCaseData> BothBackward() => CpuPath.Cases("backward ", BackwardTileCases().Concat(SdpaBackwardTests.Cases()));
 
     [TestCaseSource(nameof(BothBackward))]
     public void BackwardPathMatchesReference(bool fast, SdpaBackwardTests.Case c)
     {
-        if (fast && !(System.Runtime.Intrinsics.X86.Avx512F.IsSupported && Vector512.IsHardwareAccelerated))
-            Assert.Ignore("this CPU has no AVX-512F: only the portable path exists here");
-        bool saved = CpuBackend.FastSdpa;
-        CpuBackend.FastSdpa = fast;
         var t = new SdpaBackwardTests("cpu");
-        try
-        {
-            t.Open();
-            t.MatchesReference(c);
-        }
-        finally
-        {
-            t.Close();
-            CpuBackend.FastSdpa = saved;
-        }
+        CpuPath.Run(fast, () => CpuBackend.FastSdpa, v => CpuBackend.FastSdpa = v, t.Open, () => t.MatchesReference(c), t.Close);
     }
 
     [Test]
     public void VectorExpMatchesMathExp()
     {
-        if (!(System.Runtime.Intrinsics.X86.Avx512F.IsSupported && Vector512.IsHardwareAccelerated)) Assert.Ignore("no AVX-512F");
+        if (!CpuPath.HasAvx512) Assert.Ignore("no AVX-512F");
         var xs = new List<float>();
         for (double x = -90; x <= 0; x += 0.0137) xs.Add((float)x);
         xs.AddRange([0f, -0f, -1e-30f, -87.3f, -87.34f, -88f, -1000f, float.NegativeInfinity, float.NaN, -0.3465736f, 0.3465736f]);
@@ -118,22 +82,35 @@ public class CpuSdpaPathTests
 [NonParallelizable]
 public class CpuGemmPathTests
 {
-    private static IEnumerable<TestCaseData> Both()
-    {
-        foreach (bool fast in new[] { true, false })
-            foreach (var c in GemmTests.Cases().Append(new GemmTests.Case(2, 67, 200, 300, false, true, 1f, 0.5f)))   // K over two depth blocks
-                yield return new TestCaseData(fast, c).SetName($"{(fast ? "avx512" : "portable")} {c}");
-    }
+    private static IEnumerable<TestCaseData> Both() =>
+        CpuPath.Cases("", GemmTests.Cases().Append(new GemmTests.Case(2, 67, 200, 300, false, true, 1f, 0.5f)));   // K over two depth blocks
 
     [TestCaseSource(nameof(Both))]
     public void PathMatchesReference(bool fast, GemmTests.Case c)
     {
-        if (fast && !(System.Runtime.Intrinsics.X86.Avx512F.IsSupported && Vector512.IsHardwareAccelerated))
-            Assert.Ignore("this CPU has no AVX-512F: only the portable path exists here");
-        bool saved = CpuBackend.FastGemm;
-        CpuBackend.FastGemm = fast;
         var t = new GemmTests("cpu");
-        try { t.Open(); t.MatchesReference(c); }
-        finally { t.Close(); CpuBackend.FastGemm = saved; }
+        CpuPath.Run(fast, () => CpuBackend.FastGemm, v => CpuBackend.FastGemm = v, t.Open, () => t.MatchesReference(c), t.Close);
+    }
+}
+
+/// <summary>Runs a test on one of the CPU backend's two kernel paths (AVX-512 or portable) and restores the switch.</summary>
+internal static class CpuPath
+{
+    public static bool HasAvx512 => System.Runtime.Intrinsics.X86.Avx512F.IsSupported && Vector512.IsHardwareAccelerated;
+
+    /// <summary>Every case on both paths, named "avx512 …" / "portable …" after <paramref name="prefix"/>.</summary>
+    public static IEnumerable<TestCaseData> Cases<T>(string prefix, IEnumerable<T> cases) =>
+        from fast in new[] { true, false }
+        from c in cases
+        select new TestCaseData(fast, c).SetName($"{prefix}{(fast ? "avx512" : "portable")} {c}");
+
+    /// <summary>Sets the path switch, runs open → body → close, and restores the switch; the AVX-512 path is ignored on CPUs without it.</summary>
+    public static void Run(bool fast, Func<bool> get, Action<bool> set, Action open, Action body, Action close)
+    {
+        if (fast && !HasAvx512) Assert.Ignore("this CPU has no AVX-512F: only the portable path exists here");
+        bool saved = get();
+        set(fast);
+        try { open(); body(); }
+        finally { close(); set(saved); }
     }
 }
