@@ -52,6 +52,74 @@ public class CpuSdpaPathTests
         CpuPath.Run(fast, () => CpuBackend.FastSdpa, v => CpuBackend.FastSdpa = v, t.Open, () => t.MatchesReference(c), t.Close);
     }
 
+    /// <summary>
+    /// NaN scores in several places of the key blocks (the fast path's max ignores NaN lanes and relies on exp(NaN − m)):
+    /// a NaN key in a later block, a query row of NaN, and a row whose first key block is fully masked before a NaN key.
+    /// The set of NaN outputs equals the double reference's, and the finite outputs match it.
+    /// </summary>
+    [TestCaseSource(nameof(NaNCases))]
+    public void NaNScoresReachExactlyTheRowsTheReferenceSays(bool fast, bool causal, int nanKey, int nanQuery, bool maskFirstBlock)
+    {
+        CpuPath.Run(fast, () => CpuBackend.FastSdpa, v => CpuBackend.FastSdpa = v, () => { }, () =>
+        {
+            const int L = 40, S = 300, E = 16, Ev = 20;
+            var rng = new Random(11);
+            var q = TestUtil.Random(rng, L * E);
+            var k = TestUtil.Random(rng, S * E);
+            var v = TestUtil.Random(rng, S * Ev);
+            if (nanKey >= 0) k[nanKey * E + 3] = float.NaN;
+            if (nanQuery >= 0) for (int e = 0; e < E; e++) q[nanQuery * E + e] = float.NaN;
+            float[]? mask = null;
+            if (maskFirstBlock)
+            {
+                mask = new float[L * S];
+                for (int i = 0; i < L; i += 3) for (int j = 0; j < 128; j++) mask[i * S + j] = float.NegativeInfinity;
+            }
+            using var d = Device.Open("cpu");
+            using var tq = d.Upload(q, 1, 1, L, E);
+            using var tk = d.Upload(k, 1, 1, S, E);
+            using var tv = d.Upload(v, 1, 1, S, Ev);
+            using var tm = mask is null ? null : d.Upload(mask, L, S);
+            var (o, lse) = d.Sdpa(tq, tk, tv, tm, new SdpaOptions(IsCausal: causal));
+            using (o) using (lse)
+            {
+                var (ro, rl) = GpuAttention.Reference.ReferenceOps.SdpaForward(q, k, v, 1, 1, 1, L, S, E, Ev, 1f / MathF.Sqrt(E), causal,
+                    mask, mask is null ? null : [L, S]);
+                var go = d.Download(o);
+                var gl = d.Download(lse);
+                int nanRows = 0;
+                for (int i = 0; i < L; i++)
+                {
+                    bool refNan = double.IsNaN(rl[i]);
+                    nanRows += refNan ? 1 : 0;
+                    Assert.That(float.IsNaN(gl[i]), Is.EqualTo(refNan), $"lse row {i}: {gl[i]} vs reference {rl[i]}");
+                    for (int c = 0; c < Ev; c++)
+                    {
+                        double r = ro[i * Ev + c];
+                        float g = go[i * Ev + c];
+                        Assert.That(float.IsNaN(g), Is.EqualTo(double.IsNaN(r)), $"out[{i},{c}]: {g} vs reference {r}");
+                        if (!double.IsNaN(r)) Assert.That(g, Is.EqualTo(r).Within(1e-5 + 1e-5 * Math.Abs(r)), $"out[{i},{c}]");
+                    }
+                    if (!refNan) Assert.That(gl[i], Is.EqualTo(rl[i]).Within(1e-4), $"lse row {i}");
+                }
+                Assert.That(nanRows, Is.GreaterThan(0).And.LessThanOrEqualTo(L), "the case puts NaN somewhere");
+            }
+        }, () => { });
+    }
+
+    private static IEnumerable<TestCaseData> NaNCases()
+    {
+        foreach (var fast in new[] { true, false })
+        {
+            string p = fast ? "avx512" : "portable";
+            yield return new TestCaseData(fast, false, 200, -1, false).SetName($"{p} NaN key in the second block");
+            yield return new TestCaseData(fast, true, 20, -1, false).SetName($"{p} causal NaN key: rows from 20 on");
+            yield return new TestCaseData(fast, false, -1, 7, false).SetName($"{p} NaN query row");
+            yield return new TestCaseData(fast, true, -1, 0, true).SetName($"{p} causal NaN query row 0 fully masked first block");
+            yield return new TestCaseData(fast, false, 260, 5, true).SetName($"{p} first block masked then NaN key");
+        }
+    }
+
     [Test]
     public void VectorExpMatchesMathExp()
     {

@@ -219,7 +219,9 @@ internal sealed unsafe partial class CpuBackend
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void RankUpdate4(float* a, int at, int ax, float* m, int mStride, int n, float* acc, int cols)
     {
-        float* p0 = a, p1 = a + at, p2 = p1 + at, p3 = p2 + at;
+        // Rows 1..3 of a as index registers and pointer steps in nint: the inner loops keep to two pointer adds and the
+        // loop test beside the loads and FMAs (the JIT spilled a counter of the indexed form).
+        nint t1 = at, t2 = 2 * (nint)at, t3 = 3 * (nint)at, step = ax, ms = mStride;
         int accStride = cols;
         int col = 0;
         for (; col + 64 <= cols; col += 64)
@@ -229,21 +231,20 @@ internal sealed unsafe partial class CpuBackend
             Vector512<float> c10 = Vector512.Load(a1), c11 = Vector512.Load(a1 + 16), c12 = Vector512.Load(a1 + 32), c13 = Vector512.Load(a1 + 48);
             Vector512<float> c20 = Vector512.Load(a2), c21 = Vector512.Load(a2 + 16), c22 = Vector512.Load(a2 + 32), c23 = Vector512.Load(a2 + 48);
             Vector512<float> c30 = Vector512.Load(a3), c31 = Vector512.Load(a3 + 16), c32 = Vector512.Load(a3 + 32), c33 = Vector512.Load(a3 + 48);
-            float* mj = m + col;
-            long off = 0;
-            for (int x = 0; x < n; x++, mj += mStride, off += ax)
+            float* mj = m + col, pa = a;
+            for (int x = n; x > 0; x--, mj += ms, pa += step)
             {
                 var v0 = Vector512.Load(mj); var v1 = Vector512.Load(mj + 16); var v2 = Vector512.Load(mj + 32); var v3 = Vector512.Load(mj + 48);
-                var s = Vector512.Create(p0[off]);
+                var s = Vector512.Create(pa[0]);
                 c00 = Avx512F.FusedMultiplyAdd(s, v0, c00); c01 = Avx512F.FusedMultiplyAdd(s, v1, c01);
                 c02 = Avx512F.FusedMultiplyAdd(s, v2, c02); c03 = Avx512F.FusedMultiplyAdd(s, v3, c03);
-                s = Vector512.Create(p1[off]);
+                s = Vector512.Create(pa[t1]);
                 c10 = Avx512F.FusedMultiplyAdd(s, v0, c10); c11 = Avx512F.FusedMultiplyAdd(s, v1, c11);
                 c12 = Avx512F.FusedMultiplyAdd(s, v2, c12); c13 = Avx512F.FusedMultiplyAdd(s, v3, c13);
-                s = Vector512.Create(p2[off]);
+                s = Vector512.Create(pa[t2]);
                 c20 = Avx512F.FusedMultiplyAdd(s, v0, c20); c21 = Avx512F.FusedMultiplyAdd(s, v1, c21);
                 c22 = Avx512F.FusedMultiplyAdd(s, v2, c22); c23 = Avx512F.FusedMultiplyAdd(s, v3, c23);
-                s = Vector512.Create(p3[off]);
+                s = Vector512.Create(pa[t3]);
                 c30 = Avx512F.FusedMultiplyAdd(s, v0, c30); c31 = Avx512F.FusedMultiplyAdd(s, v1, c31);
                 c32 = Avx512F.FusedMultiplyAdd(s, v2, c32); c33 = Avx512F.FusedMultiplyAdd(s, v3, c33);
             }
@@ -256,15 +257,14 @@ internal sealed unsafe partial class CpuBackend
         {
             float* a0 = acc + col, a1 = a0 + accStride, a2 = a1 + accStride, a3 = a2 + accStride;
             Vector512<float> c0 = Vector512.Load(a0), c1 = Vector512.Load(a1), c2 = Vector512.Load(a2), c3 = Vector512.Load(a3);
-            float* mj = m + col;
-            long off = 0;
-            for (int x = 0; x < n; x++, mj += mStride, off += ax)
+            float* mj = m + col, pa = a;
+            for (int x = n; x > 0; x--, mj += ms, pa += step)
             {
                 var vv = Vector512.Load(mj);
-                c0 = Avx512F.FusedMultiplyAdd(Vector512.Create(p0[off]), vv, c0);
-                c1 = Avx512F.FusedMultiplyAdd(Vector512.Create(p1[off]), vv, c1);
-                c2 = Avx512F.FusedMultiplyAdd(Vector512.Create(p2[off]), vv, c2);
-                c3 = Avx512F.FusedMultiplyAdd(Vector512.Create(p3[off]), vv, c3);
+                c0 = Avx512F.FusedMultiplyAdd(Vector512.Create(pa[0]), vv, c0);
+                c1 = Avx512F.FusedMultiplyAdd(Vector512.Create(pa[t1]), vv, c1);
+                c2 = Avx512F.FusedMultiplyAdd(Vector512.Create(pa[t2]), vv, c2);
+                c3 = Avx512F.FusedMultiplyAdd(Vector512.Create(pa[t3]), vv, c3);
             }
             c0.Store(a0); c1.Store(a1); c2.Store(a2); c3.Store(a3);
         }

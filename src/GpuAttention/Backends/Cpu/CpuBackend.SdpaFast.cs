@@ -53,7 +53,8 @@ internal sealed unsafe partial class CpuBackend
         long heads = (long)s.B * s.Hq;
         // Query chunks: enough items for load balance (causal rows differ in cost), each a multiple of FQB rows.
         int maxChunks = (s.L + FQB - 1) / FQB;
-        int qChunks = (int)Math.Clamp((8L * threads + heads - 1) / heads, 1, maxChunks);
+        // (Non-causal items cost the same, so fewer chunks suffice; each chunk packs its keys once.)
+        int qChunks = (int)Math.Clamp(((s.Causal ? 8L : 2L) * threads + heads - 1) / heads, 1, maxChunks);
         int chunkRows = ((s.L + qChunks - 1) / qChunks + FQB - 1) / FQB * FQB;
         qChunks = (s.L + chunkRows - 1) / chunkRows;
         long items = heads * qChunks;
@@ -150,14 +151,14 @@ internal sealed unsafe partial class CpuBackend
 
         long ktLen = (long)nBlocks * E * FKB;
         long vpLen = packV ? (long)nBlocks * FKB * EvPad : 0;
-        long tileLen = FQB * E + FQB * FKB + FQB * EvPad + 2 * FQB;
+        long tileLen = FQB * E + FQB * FKB + FQB * EvPad + FQB + 16 * FQB;
         float* kt = FastScratch(ktLen + vpLen + tileLen + 64);
         float* vp = kt + ktLen;
         float* qp = vp + vpLen;
         float* sc = qp + FQB * E;
         float* acc = sc + FQB * FKB;
         float* m = acc + FQB * EvPad;
-        float* l = m + FQB;
+        float* lv = m + FQB;   // running sums, 16 lanes per row
 
         float* kHead = c.K + ((long)b * s.Hkv + hk) * s.S * E;
         float* vHead = c.V + ((long)b * s.Hkv + hk) * s.S * Ev;
@@ -195,7 +196,8 @@ internal sealed unsafe partial class CpuBackend
                 TensorPrimitives.Multiply(new ReadOnlySpan<float>(qSrc + (long)r * E, E), scale, new Span<float>(qp + r * E, E));
             if (qr > qn) new Span<float>(qp + qn * E, (qr - qn) * E).Clear();
             new Span<float>(acc, qr * EvPad).Clear();
-            for (int r = 0; r < FQB; r++) { m[r] = float.NegativeInfinity; l[r] = 0; }
+            for (int r = 0; r < FQB; r++) m[r] = float.NegativeInfinity;
+            new Span<float>(lv, 16 * FQB).Clear();
 
             int kEnd = s.Causal ? Math.Min(jEnd, i0 + qn) : jEnd;
             for (int j0 = jBegin; j0 < kEnd; j0 += FKB)
@@ -220,7 +222,7 @@ internal sealed unsafe partial class CpuBackend
                     }
                     int keep = s.Causal ? Math.Min(kn, i0 + r + 1 - j0) : kn;
                     for (int j = Math.Max(keep, 0); j < k16; j++) row[j] = float.NegativeInfinity;
-                    SoftmaxRow(row, k16, ref m[r], ref l[r], acc + r * EvPad, EvPad);
+                    SoftmaxRow(row, k16, ref m[r], lv + 16 * r, acc + r * EvPad, EvPad);
                 }
                 for (int r = qn; r < qr; r++) new Span<float>(sc + r * FKB, k16).Clear();
                 float* vb = vBase + (long)(j0 - jBegin) * vStride;
@@ -228,6 +230,8 @@ internal sealed unsafe partial class CpuBackend
                     RankUpdate4(sc + r * FKB, FKB, 1, vb, vStride, kn, acc + r * EvPad, EvPad);   // O += P V
             }
 
+            for (int r = 0; r < qn; r++) lv[r] = Vector512.Sum(Vector512.Load(lv + 16 * r));   // l[r], in place (r ≤ 16r)
+            float* l = lv;
             if (c.Parts != null)
             {
                 float* part = c.Parts + (long)work * c.PartStride;
@@ -272,41 +276,58 @@ internal sealed unsafe partial class CpuBackend
 
     /// <summary>
     /// Online-softmax step of one score row (n a multiple of 16, entries to drop already −∞): m ← max(m, max row),
-    /// row ← exp(row − m), l ← l·e^(m_old−m) + Σ row, acc row ← acc row · e^(m_old−m).
+    /// row ← exp(row − m), l ← l·e^(m_old−m) + Σ row, acc row ← acc row · e^(m_old−m). The running sum l is kept as 16
+    /// lanes (<paramref name="lRow"/>), summed once per row at the end. The max ignores NaN scores (vmaxps), which still
+    /// reach l and acc through exp(NaN − m) = NaN; a block whose scores are all NaN or −∞ is checked for NaN explicitly.
     /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void SoftmaxRow(float* row, int n, ref float m, ref float l, float* accRow, int EvPad)
+    [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
+    private static void SoftmaxRow(float* row, int n, ref float m, float* lRow, float* accRow, int EvPad)
     {
+        float* end = row + n;
         var mx = Vector512.Create(float.NegativeInfinity);
-        for (int j = 0; j < n; j += 16) mx = Vector512.Max(mx, Vector512.Load(row + j));   // propagates NaN
-        float bmax = HMax(Vector256.Max(mx.GetLower(), mx.GetUpper()));
+        for (float* p = row; p < end; p += 16) mx = Avx512F.Max(Vector512.Load(p), mx);   // a NaN lane keeps mx
+        float bmax = HMax(mx);
         float mOld = m;
-        float mNew = float.IsNaN(bmax) ? bmax : Math.Max(mOld, bmax);
-        if (float.IsNegativeInfinity(mNew)) { new Span<float>(row, n).Clear(); return; }   // all masked so far: p = 0
-        float corr = float.IsNegativeInfinity(mOld) ? 0f : MathF.Exp(mOld - mNew);
+        float mNew = Math.Max(mOld, bmax);
+        if (float.IsNegativeInfinity(mNew))
+        {
+            // All masked so far (p = 0) — unless a score is NaN, which must reach the output as NaN.
+            var nan = Vector512<float>.Zero;
+            for (float* p = row; p < end; p += 16) { var x = Vector512.Load(p); nan |= ~Vector512.Equals(x, x); }
+            if (nan != Vector512<float>.Zero) { m = float.NaN; Vector512.Create(float.NaN).Store(lRow); }
+            new Span<float>(row, n).Clear();
+            return;
+        }
+        if (float.IsNaN(mOld)) mNew = mOld;
         m = mNew;
         var mv = Vector512.Create(mNew);
         var sum = Vector512<float>.Zero;
-        for (int j = 0; j < n; j += 16)
+        for (float* p = row; p < end; p += 16)
         {
-            var p = Exp(Vector512.Load(row + j) - mv);
-            p.Store(row + j);
-            sum += p;
+            var e = Exp(Vector512.Load(p) - mv);
+            e.Store(p);
+            sum += e;
         }
-        l = l * corr + Vector512.Sum(sum);
-        if (corr != 1f)
+        if (mNew == mOld)
         {
-            var cv = Vector512.Create(corr);
-            for (int e = 0; e < EvPad; e += 16) (Vector512.Load(accRow + e) * cv).Store(accRow + e);
+            (Vector512.Load(lRow) + sum).Store(lRow);
+            return;
         }
+        float corr = float.IsNegativeInfinity(mOld) ? 0f : MathF.Exp(mOld - mNew);
+        var cv = Vector512.Create(corr);
+        Avx512F.FusedMultiplyAdd(Vector512.Load(lRow), cv, sum).Store(lRow);
+        for (int e = 0; e < EvPad; e += 16) (Vector512.Load(accRow + e) * cv).Store(accRow + e);
     }
 
-    private static float HMax(Vector256<float> v)
+    /// <summary>Largest lane of <paramref name="v"/> (no NaN lanes: <see cref="SoftmaxRow"/> keeps them out).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float HMax(Vector512<float> v)
     {
-        var a = Vector128.Max(v.GetLower(), v.GetUpper());
-        float r = a[0];
-        for (int i = 1; i < 4; i++) r = float.IsNaN(r) ? r : (float.IsNaN(a[i]) ? a[i] : Math.Max(r, a[i]));
-        return r;
+        var h = Vector256.Max(v.GetLower(), v.GetUpper());
+        var q = Vector128.Max(h.GetLower(), h.GetUpper());
+        q = Vector128.Max(q, Vector128.Shuffle(q, Vector128.Create(2, 3, 0, 1)));
+        q = Vector128.Max(q, Vector128.Shuffle(q, Vector128.Create(1, 0, 3, 2)));
+        return q.ToScalar();
     }
 
     /// <summary>
@@ -340,21 +361,21 @@ internal sealed unsafe partial class CpuBackend
         Vector512<float> c10 = default, c11 = default, c12 = default, c13 = default;
         Vector512<float> c20 = default, c21 = default, c22 = default, c23 = default;
         Vector512<float> c30 = default, c31 = default, c32 = default, c33 = default;
-        float* q0 = q, q1 = q + E, q2 = q1 + E, q3 = q2 + E;
-        for (int e = 0; e < E; e++)
+        nint e1 = E, e2 = 2 * (nint)E, e3 = 3 * (nint)E;   // rows 1..3 of q as index registers: few integer uops per step
+        float* k = kt;
+        for (float* qe = q, qEnd = q + E; qe < qEnd; qe++, k += FKB)
         {
-            float* k = kt + (long)e * FKB;
             var k0 = Vector512.Load(k); var k1 = Vector512.Load(k + 16); var k2 = Vector512.Load(k + 32); var k3 = Vector512.Load(k + 48);
-            var a = Vector512.Create(q0[e]);
+            var a = Vector512.Create(qe[0]);
             c00 = Avx512F.FusedMultiplyAdd(a, k0, c00); c01 = Avx512F.FusedMultiplyAdd(a, k1, c01);
             c02 = Avx512F.FusedMultiplyAdd(a, k2, c02); c03 = Avx512F.FusedMultiplyAdd(a, k3, c03);
-            a = Vector512.Create(q1[e]);
+            a = Vector512.Create(qe[e1]);
             c10 = Avx512F.FusedMultiplyAdd(a, k0, c10); c11 = Avx512F.FusedMultiplyAdd(a, k1, c11);
             c12 = Avx512F.FusedMultiplyAdd(a, k2, c12); c13 = Avx512F.FusedMultiplyAdd(a, k3, c13);
-            a = Vector512.Create(q2[e]);
+            a = Vector512.Create(qe[e2]);
             c20 = Avx512F.FusedMultiplyAdd(a, k0, c20); c21 = Avx512F.FusedMultiplyAdd(a, k1, c21);
             c22 = Avx512F.FusedMultiplyAdd(a, k2, c22); c23 = Avx512F.FusedMultiplyAdd(a, k3, c23);
-            a = Vector512.Create(q3[e]);
+            a = Vector512.Create(qe[e3]);
             c30 = Avx512F.FusedMultiplyAdd(a, k0, c30); c31 = Avx512F.FusedMultiplyAdd(a, k1, c31);
             c32 = Avx512F.FusedMultiplyAdd(a, k2, c32); c33 = Avx512F.FusedMultiplyAdd(a, k3, c33);
         }
