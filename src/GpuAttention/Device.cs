@@ -222,7 +222,8 @@ public sealed partial class Device : IDisposable
         ObjectDisposedException.ThrowIf(_disposed, this);
         if (t.IsDisposed) throw new ObjectDisposedException(name, $"{name}: tensor was disposed");
         if (!ReferenceEquals(t.Device, this))
-            throw new ArgumentException($"{name}: tensor belongs to device {t.Device.Spec}, not {Spec}", name);
+            throw new ArgumentException($"{name}: tensor belongs to another Device instance ({t.Device.Spec}{(t.Device.IsDisposed ? ", disposed" : "")}) than the one called ({Spec}); "
+                + "tensors cannot be shared between Device instances: download and upload it", name);
     }
 
     /// <summary>

@@ -125,6 +125,7 @@ public sealed class MultiHeadAttention : IDisposable
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         Device.CheckOwned(query, "query"); Device.CheckOwned(key, "key"); Device.CheckOwned(value, "value");
+        if (mask is not null) Device.CheckOwned(mask, "mask");   // before anything is allocated or run (its shape: by the SDPA)
         if (query.Rank != 3 || query.Dim(2) != EmbedDim) throw new TensorShapeException("query", $"[B, L, E] with E = {EmbedDim}", query.ToString());
         int B = query.Dim(0), L = query.Dim(1);
         if (key.Rank != 3 || key.Dim(0) != B || key.Dim(2) != KeyDim) throw new TensorShapeException("key", $"[B, S, kdim] with B = {B}, kdim = {KeyDim}", key.ToString());
