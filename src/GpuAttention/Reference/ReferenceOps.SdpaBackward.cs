@@ -37,7 +37,8 @@ public static partial class ReferenceOps
     /// probability row P = softmax(scale·q·kᵀ + mask) is formed, then dV += Pᵀ·dO, dP = dO·vᵀ,
     /// dS = P ∘ (dP − rowsum(dP ∘ P)), dQ = scale·dS·k, dK += scale·dSᵀ·q. Query heads of a GQA group add into the same dK, dV.
     /// A fully masked row (all scores −∞) contributes nothing; a key whose probability is exactly 0 (masked or causal-hidden) receives
-    /// nothing from a row and gives nothing to it (0·∞ and 0·NaN are not formed). Recomputes the forward itself; needs no out or lse.
+    /// nothing from a row (no 0·NaN in its dK, dV rows from a non-finite dO or q row). Its own non-finite v still reaches the rows
+    /// through rowsum(dP ∘ P) = dO·out (0·∞ = NaN, as the forward's out = P·V, like PyTorch's). Recomputes the forward itself; needs no out or lse.
     /// </summary>
     public static (double[] GradQ, double[] GradK, double[] GradV) SdpaBackward(float[] q, float[] k, float[] v, float[] gradOut,
         int B, int Hq, int Hkv, int L, int S, int E, int Ev, float scale, bool causal, float[]? mask, int[]? maskShape) =>
