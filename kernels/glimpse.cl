@@ -154,8 +154,10 @@ INLINE void glimpse_axis_backward(GLOBAL const float* RESTRICT a, GLOBAL const f
         const float mu = u + (float)r * d;
         float dmu = 0.0f, dsr = 0.0f;
         for (int c = 0; c < size; c++) {
+            const float av = a[(int64)c * m + r];
+            if (av == 0.0f) continue;           // e underflowed: e*t -> 0, while t may overflow (tiny s, huge d): no 0*inf
             const float t = ((float)c - mu) / s;
-            const float ge = a[(int64)c * m + r] * (da[(int64)c * m + r] - s1) * t;
+            const float ge = av * (da[(int64)c * m + r] - s1) * t;
             dmu += ge;
             dsr += ge * t;
         }

@@ -7,7 +7,8 @@
 //   sdpa_bwd_dq          dQ for a block of query rows, over every key             one work-item per query row
 //
 // Both main kernels recompute P = exp(scale·q·kᵀ + mask − lse) and dS = P ∘ (dO·vᵀ − D) tile by tile; nothing of
-// size L x S is ever stored. A row whose lse is −∞ (fully masked) contributes nothing. In causal mode tiles that the
+// size L x S is ever stored. A row whose lse is −∞ (fully masked) contributes nothing, nor does a key whose P is exactly 0
+// (masked or causal-hidden: NaN/∞ in its k, v or in the row's dO must not reach it through 0·∞). In causal mode tiles that the
 // mask hides entirely are skipped (uniformly over the work-group, so every work-item reaches every barrier).
 // Written in the prelude's words only (OpenCL C 1.2 and CUDA via NVRTC).
 //
@@ -103,6 +104,7 @@ KERNEL sdpa_bwd_dkdv(GLOBAL const float* RESTRICT q, GLOBAL const float* RESTRIC
                     s *= scale;
                     if (has_mask) s += mhead[(int64)i * msl];
                     const float p = EXP(s - l);
+                    if (p == 0.0f) continue;                    // masked key: absent, also for a non-finite dO row or value
                     float dp = 0.0f;
                     for (int c = 0; c < HEAD_DIM_V; c++) dp += dos[ii * HEAD_DIM_V + c] * vr[c];
                     const float dsv = p * (dp - ds[ii]);
@@ -175,6 +177,7 @@ KERNEL sdpa_bwd_dq(GLOBAL const float* RESTRICT q, GLOBAL const float* RESTRICT 
                 s *= scale;
                 if (has_mask) s += mrow[(int64)j * mss];
                 const float p = EXP(s - l);
+                if (p == 0.0f) continue;                        // masked key: absent, also for a non-finite key or value
                 float dp = 0.0f;
                 for (int c = 0; c < HEAD_DIM_V; c++) dp += dor[c] * vs[jj * HEAD_DIM_V + c];
                 const float dsv = p * (dp - dsr);

@@ -18,6 +18,9 @@ public sealed partial class Device
     /// <param name="mask">Optional additive float mask (bool masks: <see cref="UploadMask"/>), broadcastable to [B, Hq, L, S]
     /// from the right: [L, S], [B, 1, L, S], [1, Hq, L, S], [B, Hq, L, S], or any shape whose dims are 1 or the full size.</param>
     /// <param name="options">Causal (key j kept for query i when j ≤ i, top-left aligned) and scale (default 1/√E).</param>
+    /// <remarks>Empty dimensions are allowed: B, Hq, L = 0 give empty outputs; S = 0 (no keys) makes every row fully masked
+    /// (out = 0, lse = −∞); E = 0 makes every score 0 (a uniform softmax, lse = log S); Ev = 0 gives an empty out and the lse.
+    /// Shapes with E = 0 or Ev = 0 run on the CPU backend (with copies) on every device: the kernels need a head dimension.</remarks>
     /// <exception cref="TensorShapeException">A tensor has the wrong rank or shape; the message names it.</exception>
     /// <exception cref="ArgumentException">Tensors of another device, outputs aliasing inputs, non-finite scale.</exception>
     public void Sdpa(Tensor q, Tensor k, Tensor v, Tensor output, Tensor lse, Tensor? mask = null, SdpaOptions options = default)
@@ -28,7 +31,8 @@ public sealed partial class Device
         Validation.Shape(lse, "lse", [shape.B, shape.Hq, shape.L], "[B, Hq, L]");
         Validation.NoAlias([(q, "q"), (k, "k"), (v, "v"), (mask, "mask"), (output, "out"), (lse, "lse")]);
         Run(OpKind.Sdpa, [q, k, v, mask], [output, lse], (be, m) =>
-            ((ISdpaBackend)be).SdpaForward(new SdpaForwardArgs(shape, m(q)!, m(k)!, m(v)!, m(mask), m(output)!, m(lse)!)));
+            ((ISdpaBackend)be).SdpaForward(new SdpaForwardArgs(shape, m(q)!, m(k)!, m(v)!, m(mask), m(output)!, m(lse)!)),
+            onCpu: shape.E == 0 || shape.Ev == 0);
     }
 
     /// <summary>Allocating form of <see cref="Sdpa(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor?, SdpaOptions)"/>: returns new (out [B,Hq,L,Ev], lse [B,Hq,L]).</summary>

@@ -23,6 +23,12 @@ public sealed partial class Device
     /// <param name="gradV">Written: dLoss/dv [B, Hkv, S, Ev], summed likewise.</param>
     /// <param name="mask">The forward's mask, if any (additive float; bool masks through <see cref="UploadMask"/>), broadcastable to [B, Hq, L, S].</param>
     /// <param name="options">The forward's causal flag and scale (default 1/√E).</param>
+    /// <remarks>Edge conventions (FlashAttention's, checked against the double reference on every backend): a fully masked row
+    /// (lse = −∞) has grad_q = 0 and adds nothing to grad_k, grad_v; a key whose probability is exactly 0 for a row (masked or
+    /// causal-hidden) receives nothing from that row, so NaN/∞ in the row's grad_out or q never reach it (0·∞ is not formed);
+    /// NaN in one element of grad_out row i reaches grad_q row i, and grad_k, grad_v only in the rows of the keys row i sees
+    /// (grad_v only in that column). Empty dimensions give zero gradients (S = 0: grad_q = 0; L = 0 or Ev = 0: grad_k = grad_v = 0);
+    /// E = 0 or Ev = 0 run on the CPU backend (with copies) on every device.</remarks>
     /// <exception cref="TensorShapeException">A tensor has the wrong rank or shape; the message names it.</exception>
     /// <exception cref="ArgumentException">Tensors of another device, outputs aliasing inputs or each other, non-finite scale.</exception>
     public void SdpaBackward(Tensor q, Tensor k, Tensor v, Tensor output, Tensor lse, Tensor gradOut,
@@ -37,7 +43,7 @@ public sealed partial class Device
             (gradQ, "grad_q"), (gradK, "grad_k"), (gradV, "grad_v")]);
         Run(OpKind.SdpaBackward, [q, k, v, mask, output, lse, gradOut], [gradQ, gradK, gradV], (be, m) =>
             ((ISdpaBackwardBackend)be).SdpaBackward(new SdpaBackwardArgs(s, m(q)!, m(k)!, m(v)!, m(mask), m(output)!, m(lse)!, m(gradOut)!,
-                m(gradQ)!, m(gradK)!, m(gradV)!)));
+                m(gradQ)!, m(gradK)!, m(gradV)!)), onCpu: s.E == 0 || s.Ev == 0);
     }
 
     /// <summary>Allocating form of <see cref="SdpaBackward(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor?, SdpaOptions)"/>:

@@ -222,19 +222,21 @@ public sealed partial class Device : IDisposable
         ObjectDisposedException.ThrowIf(_disposed, this);
         if (t.IsDisposed) throw new ObjectDisposedException(name, $"{name}: tensor was disposed");
         if (!ReferenceEquals(t.Device, this))
-            throw new ArgumentException($"{name}: tensor belongs to device {t.Device.Spec}, not {Spec}", name);
+            throw new ArgumentException($"{name}: tensor belongs to another Device instance ({t.Device.Spec}{(t.Device.IsDisposed ? ", disposed" : "")}) than the one called ({Spec}); "
+                + "tensors cannot be shared between Device instances: download and upload it", name);
     }
 
     /// <summary>
     /// Runs an op on this device's backend, or, when the backend has no kernel for it, on the CPU backend
     /// with inputs copied to host memory and outputs copied back.
     /// </summary>
-    internal void Run(OpKind op, Tensor?[] inputs, Tensor[] outputs, Action<IBackend, Func<Tensor?, IDeviceBuffer?>> run)
+    /// <param name="onCpu">Run on the CPU backend even when this device has a kernel (degenerate shapes the kernels do not take).</param>
+    internal void Run(OpKind op, Tensor?[] inputs, Tensor[] outputs, Action<IBackend, Func<Tensor?, IDeviceBuffer?>> run, bool onCpu = false)
     {
         lock (QueueLock)
         {
             var be = Backend;
-            if (be.SupportsOp(op)) { run(be, t => t?.Buffer); return; }
+            if (be.SupportsOp(op) && !(onCpu && be.Kind != BackendKind.Cpu)) { run(be, t => t?.Buffer); return; }
             var cpu = _cpuFallback ??= new CpuBackend();
             var map = new Dictionary<Tensor, IDeviceBuffer>(ReferenceEqualityComparer.Instance);
             try

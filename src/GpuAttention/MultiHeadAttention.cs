@@ -10,6 +10,7 @@ public sealed class MhaForwardResult : IDisposable
     internal Tensor? Mask;
     internal SdpaOptions Options;
     internal int B, L, S;
+    internal MultiHeadAttention Layer = null!;
 
     /// <summary>The layer's output [B, L, E].</summary>
     public Tensor Output { get; internal set; } = null!;
@@ -45,6 +46,7 @@ public sealed class MhaGradients : IDisposable
 public sealed class MultiHeadAttention : IDisposable
 {
     private Tensor? _ones;
+    private bool _disposed;
 
     /// <summary>The device holding the parameters; inputs must live there too.</summary>
     public Device Device { get; }
@@ -118,9 +120,12 @@ public sealed class MultiHeadAttention : IDisposable
     /// isCausal as PyTorch's is_causal. Returns the output [B, L, E] with what the backward needs.
     /// </summary>
     /// <exception cref="TensorShapeException">A tensor has the wrong shape; the message names it.</exception>
+    /// <exception cref="ObjectDisposedException">The layer was disposed.</exception>
     public MhaForwardResult Forward(Tensor query, Tensor key, Tensor value, Tensor? mask = null, bool isCausal = false)
     {
+        ObjectDisposedException.ThrowIf(_disposed, this);
         Device.CheckOwned(query, "query"); Device.CheckOwned(key, "key"); Device.CheckOwned(value, "value");
+        if (mask is not null) Device.CheckOwned(mask, "mask");   // before anything is allocated or run (its shape: by the SDPA)
         if (query.Rank != 3 || query.Dim(2) != EmbedDim) throw new TensorShapeException("query", $"[B, L, E] with E = {EmbedDim}", query.ToString());
         int B = query.Dim(0), L = query.Dim(1);
         if (key.Rank != 3 || key.Dim(0) != B || key.Dim(2) != KeyDim) throw new TensorShapeException("key", $"[B, S, kdim] with B = {B}, kdim = {KeyDim}", key.ToString());
@@ -128,7 +133,7 @@ public sealed class MultiHeadAttention : IDisposable
         if (value.Rank != 3 || value.Dim(0) != B || value.Dim(1) != S || value.Dim(2) != ValueDim)
             throw new TensorShapeException("value", $"[B, S, vdim] = [{B}, {S}, {ValueDim}]", value.ToString());
         int H = NumHeads, hd = HeadDim;
-        var r = new MhaForwardResult { Query = query, Key = key, Value = value, Mask = mask, Options = new SdpaOptions(isCausal), B = B, L = L, S = S };
+        var r = new MhaForwardResult { Layer = this, Query = query, Key = key, Value = value, Mask = mask, Options = new SdpaOptions(isCausal), B = B, L = L, S = S };
         try
         {
             r.Q = Project(query, QWeight, QBias, B, L, EmbedDim);
@@ -174,9 +179,20 @@ public sealed class MultiHeadAttention : IDisposable
     /// query, key, value (separately; add them yourself when one tensor was passed as several inputs) and every parameter.
     /// </summary>
     /// <exception cref="TensorShapeException">gradOutput is not [B, L, E].</exception>
+    /// <exception cref="ObjectDisposedException">The layer was disposed.</exception>
+    /// <exception cref="ArgumentException"><paramref name="f"/> came from another layer, or it (or the query, key, value or mask
+    /// tensors it refers to) was disposed.</exception>
     public MhaGradients Backward(MhaForwardResult f, Tensor gradOutput)
     {
         ArgumentNullException.ThrowIfNull(f);
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (!ReferenceEquals(f.Layer, this))
+            throw new ArgumentException("f: the forward result of another MultiHeadAttention layer; pass the result of this layer's Forward", nameof(f));
+        foreach (var (t, name) in new[] { (f.Output, "its output"), (f.Q, "its saved projections"), (f.K, "its saved projections"), (f.V, "its saved projections"),
+                     (f.O, "its saved attention output"), (f.Lse, "its saved log-sum-exp"), (f.Query, "the query tensor"), (f.Key, "the key tensor"),
+                     (f.Value, "the value tensor"), (f.Mask, "the mask tensor") })
+            if (t is not null && t.IsDisposed)
+                throw new ArgumentException($"f: the forward result can no longer be used: {name} was disposed", nameof(f));
         Device.CheckOwned(gradOutput, "grad_output");
         int B = f.B, L = f.L, S = f.S, H = NumHeads, hd = HeadDim, E = EmbedDim;
         Validation.Shape(gradOutput, "grad_output", [B, L, E], "[B, L, E]");
@@ -244,8 +260,11 @@ public sealed class MultiHeadAttention : IDisposable
         catch { dx?.Dispose(); dw?.Dispose(); db?.Dispose(); throw; }
     }
 
+    /// <summary>Releases the parameters (double dispose is safe); afterwards <see cref="Forward"/> and <see cref="Backward"/> throw
+    /// <see cref="ObjectDisposedException"/>.</summary>
     public void Dispose()
     {
+        _disposed = true;
         foreach (var (_, t) in Parameters) t.Dispose();
         _ones?.Dispose();
     }

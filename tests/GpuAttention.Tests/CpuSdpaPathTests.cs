@@ -120,6 +120,21 @@ public class CpuSdpaPathTests
         }
     }
 
+    /// <summary>The SDPA backward edge cases of <see cref="EdgeNumericsTests"/> (NaN/∞ placement, fully masked rows) on both paths.</summary>
+    [TestCase(true)]
+    [TestCase(false)]
+    public void BackwardEdgeNumericsOnBothPaths(bool fast)
+    {
+        var t = new EdgeNumericsTests("cpu");
+        CpuPath.Run(fast, () => CpuBackend.FastSdpa, v => CpuBackend.FastSdpa = v, t.Open, () =>
+        {
+            t.SdpaBackwardNaNInOneGradOutRowStaysWhereTheMathPutsIt(false);
+            t.SdpaBackwardNaNInOneGradOutRowStaysWhereTheMathPutsIt(true);
+            t.SdpaBackwardNaNInOneQueryRowAndInfInOneKey();
+            t.SdpaBackwardFullyMaskedRowsGiveZeroGradientsAndNoNaN();
+        }, t.Close);
+    }
+
     [Test]
     public void VectorExpMatchesMathExp()
     {

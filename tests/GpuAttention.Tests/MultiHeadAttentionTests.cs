@@ -166,6 +166,37 @@ public class MultiHeadAttentionTests(string backend)
         Assert.That(e.TensorName, Is.EqualTo("key"));
         Assert.Throws<ArgumentOutOfRangeException>(() => new MultiHeadAttention(_device, 8, 3));
     }
+
+    [Test]
+    public void DisposedLayersAndForeignOrDisposedForwardResultsAreRejected()
+    {
+        var m = new MultiHeadAttention(_device, 8, 2, seed: 1);
+        using var other = new MultiHeadAttention(_device, 8, 2, seed: 2);
+        using var x = _device.Upload(new float[2 * 3 * 8], 2, 3, 8);
+        using var g = _device.Upload(new float[2 * 3 * 8], 2, 3, 8);
+        using (var f = m.Forward(x, x, x))
+        {
+            var e = Assert.Throws<ArgumentException>(() => other.Backward(f, g))!;
+            Assert.That(e.ParamName, Is.EqualTo("f"));
+            Assert.That(e.Message, Does.Contain("another MultiHeadAttention layer"));
+            using var gr = m.Backward(f, g);   // its own layer: fine
+        }
+        var gone = m.Forward(x, x, x);
+        gone.Dispose();
+        Assert.That(Assert.Throws<ArgumentException>(() => m.Backward(gone, g))!.Message, Does.Contain("disposed"));
+        using (var x2 = _device.Upload(new float[2 * 3 * 8], 2, 3, 8))
+        {
+            var f2 = m.Forward(x2, x2, x2);
+            x2.Dispose();
+            Assert.That(Assert.Throws<ArgumentException>(() => m.Backward(f2, g))!.Message, Does.Contain("the query tensor was disposed"));
+            f2.Dispose();
+        }
+        var f3 = m.Forward(x, x, x);
+        m.Dispose(); m.Dispose();
+        Assert.Throws<ObjectDisposedException>(() => m.Forward(x, x, x));
+        Assert.Throws<ObjectDisposedException>(() => m.Backward(f3, g));
+        f3.Dispose(); f3.Dispose();
+    }
 }
 
 /// <summary>The double MHA backward reference checked by central finite differences of the double forward.</summary>

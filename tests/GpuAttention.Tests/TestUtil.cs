@@ -23,7 +23,15 @@ internal static class TestUtil
     public static void AssertClose(ReadOnlySpan<float> actual, ReadOnlySpan<double> reference, double bound, string what)
     {
         double rel = ReferenceOps.RelativeError(actual, reference);
-        Assert.That(rel, Is.LessThanOrEqualTo(bound), $"{what}: relative error {rel:E3} > {bound:E1} (max abs {ReferenceOps.MaxAbsError(actual, reference):E3})");
+        if (rel <= bound) return;
+        string where = "";
+        for (int i = 0; i < actual.Length; i++)
+            if (double.IsFinite(reference[i]) != float.IsFinite(actual[i]) || !double.IsFinite(reference[i]) && !actual[i].Equals((float)reference[i]))
+            {
+                where = $"; first non-finite mismatch at [{i}]: {actual[i]} vs reference {reference[i]}";
+                break;
+            }
+        Assert.That(rel, Is.LessThanOrEqualTo(bound), $"{what}: relative error {rel:E3} > {bound:E1} (max abs {ReferenceOps.MaxAbsError(actual, reference):E3}){where}");
     }
 
     public static readonly string[] Backends = ["cpu", "opencl", "cuda"];

@@ -36,7 +36,9 @@ public static partial class ReferenceOps
     /// softmax as in FlashAttention-2, Dao 2023, arXiv:2307.08691, eqs. for dV, dP, dS): for each query row the full
     /// probability row P = softmax(scale·q·kᵀ + mask) is formed, then dV += Pᵀ·dO, dP = dO·vᵀ,
     /// dS = P ∘ (dP − rowsum(dP ∘ P)), dQ = scale·dS·k, dK += scale·dSᵀ·q. Query heads of a GQA group add into the same dK, dV.
-    /// A fully masked row (all scores −∞) contributes nothing. Recomputes the forward itself; needs no out or lse.
+    /// A fully masked row (all scores −∞) contributes nothing; a key whose probability is exactly 0 (masked or causal-hidden) receives
+    /// nothing from a row (no 0·NaN in its dK, dV rows from a non-finite dO or q row). Its own non-finite v still reaches the rows
+    /// through rowsum(dP ∘ P) = dO·out (0·∞ = NaN, as the forward's out = P·V, like PyTorch's). Recomputes the forward itself; needs no out or lse.
     /// </summary>
     public static (double[] GradQ, double[] GradK, double[] GradV) SdpaBackward(float[] q, float[] k, float[] v, float[] gradOut,
         int B, int Hq, int Hkv, int L, int S, int E, int Ev, float scale, bool causal, float[]? mask, int[]? maskShape) =>
@@ -52,7 +54,7 @@ public static partial class ReferenceOps
         var p = new double[S];
         var dp = new double[S];
         var mi = MaskIndexer.Create(maskShape, B, Hq, L, S);
-        int group = Hq / Hkv;
+        int group = Hkv == 0 ? 1 : Hq / Hkv;
         for (int b = 0; b < B; b++)
         for (int h = 0; h < Hq; h++)
         for (int i = 0; i < L; i++)
@@ -68,7 +70,7 @@ public static partial class ReferenceOps
                 long vo = (kvBase + j) * Ev;
                 for (int c = 0; c < Ev; c++) d += gradOut[row * Ev + c] * v[vo + c];
                 dp[j] = d;
-                rowDot += p[j] * d;
+                rowDot += p[j] * d;                               // = dO·out: NaN when out is (0·∞ from a masked key's ∞ value, as in P·V)
             }
             for (int j = 0; j < S; j++)
             {
@@ -105,7 +107,12 @@ public static partial class ReferenceOps
             if (x > max) max = x;
             nan |= double.IsNaN(x);
         }
-        if (nan) { Array.Fill(p, double.NaN, 0, S); return double.NaN; }
+        if (nan)
+        {
+            // NaN scores poison the row, except for the keys causal masking hides (they are absent, as in the kernels)
+            for (int j = 0; j < S; j++) p[j] = causal && j > i ? 0 : double.NaN;
+            return double.NaN;
+        }
         if (double.IsNegativeInfinity(max)) { Array.Clear(p, 0, S); return double.NegativeInfinity; }
         double sum = 0;
         for (int j = 0; j < S; j++) { p[j] = Math.Exp(p[j] - max); sum += p[j]; }

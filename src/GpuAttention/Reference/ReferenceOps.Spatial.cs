@@ -159,11 +159,16 @@ public static partial class ReferenceOps
                 for (int k = 0; k < 4; k++)
                 {
                     double cx = x0 + (k & 1), cy = y0 + (k >> 1);
-                    if (!Inside(cx, cy, H, W)) continue;
                     double wxk = (k & 1) == 1 ? ax : 1 - ax, wyk = (k >> 1) == 1 ? ay : 1 - ay;
-                    long idx = img + (long)cy * W + (long)cx;
-                    gi[idx] += wxk * wyk * g;
-                    double val = input[(int)idx];
+                    double val = 0;
+                    if (Inside(cx, cy, H, W))
+                    {
+                        long idx = img + (long)cy * W + (long)cx;
+                        gi[idx] += wxk * wyk * g;
+                        val = input[(int)idx];
+                    }
+                    // An outside corner reads 0 but still multiplies the other axis' weight, as PyTorch 1.13's (vectorised) CPU
+                    // kernel: a non-finite x gives a NaN y-gradient (its weight wx is NaN) and a zero x-gradient, and vice versa.
                     gx += ((k & 1) == 1 ? 1 : -1) * wyk * val * g;
                     gy += ((k >> 1) == 1 ? 1 : -1) * wxk * val * g;
                 }

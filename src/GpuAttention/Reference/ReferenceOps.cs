@@ -19,7 +19,7 @@ public static partial class ReferenceOps
         var lse = new double[(long)B * Hq * L];
         var s = new double[S];
         var mi = MaskIndexer.Create(maskShape, B, Hq, L, S);
-        int group = Hq / Hkv;
+        int group = Hkv == 0 ? 1 : Hq / Hkv;
         for (int b = 0; b < B; b++)
         for (int h = 0; h < Hq; h++)
         {

@@ -192,8 +192,10 @@ internal sealed unsafe partial class CpuBackend : IGlimpseBackend
             float mu = u + r * d, dmu = 0, dsr = 0;
             for (int c = 0; c < size; c++)
             {
+                float av = A[(long)c * m + r];
+                if (av == 0f) continue;   // e underflowed: e·t → 0, while t itself may overflow (tiny s, huge d): no 0·∞
                 float t = (c - mu) / s;
-                float ge = A[(long)c * m + r] * (dA[c * dcs + r * drs] - s1) * t;
+                float ge = av * (dA[c * dcs + r * drs] - s1) * t;
                 dmu += ge;
                 dsr += ge * t;
             }

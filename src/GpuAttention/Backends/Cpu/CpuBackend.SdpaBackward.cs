@@ -1,3 +1,4 @@
+using System.Numerics;
 using System.Numerics.Tensors;
 
 namespace GpuAttention.Backends.Cpu;
@@ -110,7 +111,38 @@ internal sealed unsafe partial class CpuBackend : ISdpaBackwardBackend
             TensorPrimitives.Subtract(ds, dRow[row0 + r], ds);
             TensorPrimitives.Multiply(ds, ps, ds);
             TensorPrimitives.Multiply(ds, s.Scale, ds);
+            for (int j = 0; j < kn; j++) if (ps[j] == 0f) ds[j] = 0f;   // a masked key is absent: no 0·∞ from its v or the row's dO
         }
+    }
+
+    /// <summary>
+    /// <see cref="AccumulatePV"/>, except that when <paramref name="v"/> holds a non-finite value the products with a coefficient of
+    /// exactly 0 (a masked or causal-hidden key, a fully masked row) are skipped, so NaN/∞ stay where the math puts them.
+    /// </summary>
+    private static void AccumulatePVAbsentZeros(float* p, float* v, float* acc, int qn, int kn, int Ev)
+    {
+        if (AllFinite(v, (long)kn * Ev)) { AccumulatePV(p, v, acc, qn, kn, Ev); return; }
+        for (int r = 0; r < qn; r++)
+            for (int j = 0; j < kn; j++)
+            {
+                float pj = p[r * KeyBlock + j];
+                if (pj == 0f) continue;
+                float* vr = v + (long)j * Ev;
+                float* ar = acc + (long)r * Ev;
+                for (int c = 0; c < Ev; c++) ar[c] += pj * vr[c];
+            }
+    }
+
+    /// <summary>True when none of the <paramref name="n"/> floats at <paramref name="x"/> is NaN or ±∞ (x·0 is 0 only for finite x).</summary>
+    internal static bool AllFinite(float* x, long n)
+    {
+        int W = Vector<float>.Count;
+        var acc = Vector<float>.Zero;
+        long i = 0;
+        for (; i + W <= n; i += W) acc += Vector.Load(x + i) * Vector<float>.Zero;
+        float t = 0f;
+        for (; i < n; i++) t += x[i] * 0f;
+        return Vector.EqualsAll(acc, Vector<float>.Zero) && t == 0f;
     }
 
     /// <summary>dK, dV rows j0 .. j0+BwdKeyBlock of key head (b, hk), summed over the query heads of its group.</summary>
@@ -144,8 +176,8 @@ internal sealed unsafe partial class CpuBackend : ISdpaBackwardBackend
                         pt[j * KeyBlock + r] = sc[r * KeyBlock + j];
                         dst[j * KeyBlock + r] = dp[r * KeyBlock + j];
                     }
-                AccumulatePV(pt, doBlk, dvBlk, kn, qn, Ev);    // dV += Pᵀ dO
-                AccumulatePV(dst, qBlk, dkBlk, kn, qn, E);     // dK += scale dSᵀ Q
+                AccumulatePVAbsentZeros(pt, doBlk, dvBlk, kn, qn, Ev);    // dV += Pᵀ dO
+                AccumulatePVAbsentZeros(dst, qBlk, dkBlk, kn, qn, E);     // dK += scale dSᵀ Q
             }
         }
     }
@@ -170,7 +202,7 @@ internal sealed unsafe partial class CpuBackend : ISdpaBackwardBackend
             Scores(qBlk, kBlk, sc, qn, kn, E);
             Scores(doBlk, v + (kvRow0 + j0) * Ev, dp, qn, kn, Ev);
             ProbabilitiesAndDs(s, b, h, i0, qn, j0, kn, sc, dp, mask, lse, dRow);
-            AccumulatePV(dp, kBlk, dqBlk, qn, kn, E);   // dQ += scale dS K
+            AccumulatePVAbsentZeros(dp, kBlk, dqBlk, qn, kn, E);   // dQ += scale dS K
         }
     }
 }

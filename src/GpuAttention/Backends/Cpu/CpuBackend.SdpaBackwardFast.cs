@@ -128,7 +128,8 @@ internal sealed unsafe partial class CpuBackend
             {
                 var p = Exp(Vector512.Load(ps + j) - lv);
                 p.Store(ps + j);
-                ((Vector512.Load(ds + j) - dv) * p).Store(ds + j);
+                // a key with P = 0 is absent: dS = 0 there even when dP is ∞ or NaN
+                Vector512.ConditionalSelect(Vector512.Equals(p, Vector512<float>.Zero), Vector512<float>.Zero, (Vector512.Load(ds + j) - dv) * p).Store(ds + j);
             }
         }
     }
@@ -163,10 +164,11 @@ internal sealed unsafe partial class CpuBackend
                 int qn = Math.Min(BQB, s.L - i0), qr = (qn + 3) & ~3;
                 BwdPackRows(ref c, qRow0 + i0, qn, qr, qs, dos);
                 BwdTile(ref c, b, h, i0, qn, qr, j0, kn, qs, dos, kt, vt, sc, dp);
+                bool dosFinite = AllFinite(dos, (long)qr * EvPad), qsFinite = AllFinite(qs, (long)qr * EPad);
                 for (int t = 0; t < kr; t += 4)
                 {
-                    RankUpdate4(sc + t, 1, FKB, dos, EvPad, qr, dvAcc + t * EvPad, EvPad);   // dV += Pᵀ dO
-                    RankUpdate4(dp + t, 1, FKB, qs, EPad, qr, dkAcc + t * EPad, EPad);      // dK += dSᵀ (scale Q)
+                    RankUpdate4Checked(dosFinite, sc + t, 1, FKB, dos, EvPad, qr, dvAcc + t * EvPad, EvPad);   // dV += Pᵀ dO
+                    RankUpdate4Checked(qsFinite, dp + t, 1, FKB, qs, EPad, qr, dkAcc + t * EPad, EPad);       // dK += dSᵀ (scale Q)
                 }
             }
         }
@@ -205,12 +207,30 @@ internal sealed unsafe partial class CpuBackend
             float* vt = c.Vt + (bhk * c.KBlocks + blk) * EvPad * FKB;
             BwdTile(ref c, b, h, i0, qn, qr, j0, kn, qs, dos, kt, vt, sc, dp);
             float* kb = kHead + (long)j0 * c.KpStride;
+            bool kFinite = AllFinite(kb, (long)kn * EPad);
             for (int r = 0; r < qr; r += 4)   // KpStride == EPad: K itself when E % 16 == 0, else its padded copy
-                RankUpdate4(dp + r * FKB, FKB, 1, kb, EPad, kn, dqAcc + r * EPad, EPad);   // dQ += dS K
+                RankUpdate4Checked(kFinite, dp + r * FKB, FKB, 1, kb, EPad, kn, dqAcc + r * EPad, EPad);   // dQ += dS K
         }
         var sv = s.Scale;
         for (int r = 0; r < qn; r++)
             TensorPrimitives.Multiply(new ReadOnlySpan<float>(dqAcc + r * EPad, s.E), sv, new Span<float>(c.Dq + (qRow + r) * s.E, s.E));
+    }
+
+    /// <summary>
+    /// <see cref="RankUpdate4"/> when <paramref name="mFinite"/>; otherwise (m holds NaN or ±∞, rare) a scalar loop that skips the
+    /// coefficients that are exactly 0 (masked or causal-hidden keys are absent: no 0·∞ = NaN from them).
+    /// </summary>
+    private static void RankUpdate4Checked(bool mFinite, float* a, int at, int ax, float* m, int mStride, int n, float* acc, int cols)
+    {
+        if (mFinite) { RankUpdate4(a, at, ax, m, mStride, n, acc, cols); return; }
+        for (int t = 0; t < 4; t++)
+            for (int x = 0; x < n; x++)
+            {
+                float s = a[t * at + (long)x * ax];
+                if (s == 0f) continue;
+                float* mr = m + (long)x * mStride, ar = acc + (long)t * cols;
+                for (int col = 0; col < cols; col++) ar[col] += s * mr[col];
+            }
     }
 
     /// <summary>
