@@ -288,6 +288,7 @@ internal sealed unsafe partial class CpuBackend : ISpatialBackend
         var s = a.Shape;
         long P = s.OutPoints;
         if (s.N == 0 || s.C == 0 || P == 0) return;
+        if (UseFastGridSample(s)) { GridSampleFast(a); return; }
         long tiles = (P + PointTile - 1) / PointTile;
         nint ip = (nint)B(a.Input).Pointer, op = (nint)B(a.Out).Pointer;
         nint gp = a.Grid is null ? 0 : (nint)B(a.Grid).Pointer, tp = a.Theta is null ? 0 : (nint)B(a.Theta).Pointer;
@@ -387,6 +388,7 @@ internal sealed unsafe partial class CpuBackend : ISpatialBackend
 
     private static void GridSampleBackwardCore(in GridSampleShape s, in GridSampleBackwardArgs a, float* gradGrid)
     {
+        if (UseFastGridSample(s)) { GridSampleBackwardFast(s, a, gradGrid); return; }
         long P = s.OutPoints;
         long plane = (long)s.H * s.W;
         int nCb = s.C == 0 ? 1 : BackwardChannelBlocks(s.N, s.C);
