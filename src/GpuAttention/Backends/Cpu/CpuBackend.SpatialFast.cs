@@ -13,9 +13,11 @@ namespace GpuAttention.Backends.Cpu;
 /// accumulated the same way in a second scratch that is transposed back into the planes when the group is done.
 /// The tile of sampling points is resolved by <see cref="ResolveTile"/> exactly as on the channel-first path.
 /// Determinism: every grad_input element is summed over the output points in order, by one task; a point's grad_grid
-/// is summed over a group's channels in a fixed tree (<see cref="Vector512.Sum{T}(Vector512{T})"/>), over the groups of
-/// a block in order, and over blocks in block order; the blocking is a function of the shape only, not of the
-/// number of threads.
+/// is summed over a group's channels in a fixed tree (<see cref="Sum2"/>), over the groups of a block in order, and
+/// over blocks in block order; the blocking is a function of the shape only, not of the number of threads, so results
+/// are bit-for-bit the same run to run and for any thread count.
+/// Scratch is per thread and kept between calls (allocation free in steady state): 2·(H·W + 1)·64 B plus a tile, at
+/// most about 32 MiB a thread (<see cref="FastGridSampleMaxPixels"/>).
 /// </summary>
 internal sealed unsafe partial class CpuBackend
 {
@@ -30,7 +32,7 @@ internal sealed unsafe partial class CpuBackend
     /// </summary>
     internal static int FastGridSampleMinChannels = 8;
 
-    /// <summary>Largest image (pixels) for the channel-last path: its two scratch planes (2 × 64 B a pixel, per thread) stay bounded.</summary>
+    /// <summary>Largest image (pixels) for the channel-last path: its two scratch planes (2 × 64 B a pixel, per thread) stay bounded; larger images take the channel-first path.</summary>
     internal const long FastGridSampleMaxPixels = 1L << 18;
 
     private static bool UseFastGridSample(in GridSampleShape s) =>
