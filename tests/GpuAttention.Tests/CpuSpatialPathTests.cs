@@ -4,7 +4,7 @@ using NUnit.Framework;
 namespace GpuAttention.Tests;
 
 /// <summary>
-/// The CPU backend's two grid_sample paths — channel-last AVX-512 (here forced for every channel count, also 1) and
+/// The CPU backend's two grid_sample paths — channel-last AVX-512 (here forced for every shape, also 1 channel) and
 /// the channel-first path — each through the <see cref="SpatialTests"/> checks: every mode × padding × align on every
 /// shape (channel groups with tails, several tiles and blocks, 1-pixel images), finite differences, the fused spatial
 /// transformer, PyTorch's NaN behaviour and bit-for-bit repeatability.
@@ -26,11 +26,10 @@ public class CpuSpatialPathTests
 
     private static void Run(bool fast, Action<SpatialTests> body)
     {
-        int savedMin = CpuBackend.FastGridSampleMinChannels;
         var t = new SpatialTests("cpu");
         CpuPath.Run(fast, () => CpuBackend.FastGridSample, v => CpuBackend.FastGridSample = v,
-            () => { CpuBackend.FastGridSampleMinChannels = 1; t.Open(); }, () => body(t),
-            () => { t.Close(); CpuBackend.FastGridSampleMinChannels = savedMin; });
+            () => { CpuBackend.FastGridSampleAlways = true; t.Open(); }, () => body(t),
+            () => { t.Close(); CpuBackend.FastGridSampleAlways = false; });
     }
 
     [TestCaseSource(nameof(ShapeCases))]

@@ -12,8 +12,9 @@ namespace GpuAttention.Backends.Cpu;
 /// mask (exactly PyTorch's zero padding, also for non-finite pixels elsewhere).
 /// Backward is deterministic: a task owns grad_input[n, channel block] and walks the points in order; grad_grid
 /// partial sums of the channel blocks are added in block order; the blocking depends only on the shape.
-/// This is the channel-first path; with AVX-512 and at least <see cref="FastGridSampleMinChannels"/> channels,
-/// grid_sample takes the channel-last path of CpuBackend.SpatialFast.cs instead (same resolved tiles, same orders).
+/// This is the channel-first path; with AVX-512, at least 8 channels and enough sampling points per pixel
+/// (<see cref="UseFastGridSample"/>), grid_sample takes the channel-last path of CpuBackend.SpatialFast.cs instead
+/// (same resolved tiles).
 /// </summary>
 internal sealed unsafe partial class CpuBackend : ISpatialBackend
 {
