@@ -13,6 +13,14 @@ A case whose CLI side is two ops sums the two medians.
 PyTorch 1.13 (Debian python3-torch, OpenBLAS) has no fused CPU SDPA: its peer is what a user writes,
 softmax(q kᵀ·scale [+ mask]) v, and autograd for backward. FLOPs: SDPA forward 2·B·H·L·S·(E+Ev) (causal not
 discounted); backward counted as 2.5× forward.
+
+grid_sample is reported in GB/s of compulsory traffic (float32, 4 bytes an element; input [N,C,H,W], grid
+[N,Ho,Wo,2], out/grad_out [N,C,Ho,Wo]), each tensor counted once per op that must touch it:
+    forward  = 4·(N·C·H·W  [input read] + N·Ho·Wo·2  [grid read] + N·C·Ho·Wo  [out written])
+    backward = 4·(N·C·H·W  [input read] + N·Ho·Wo·2  [grid read] + N·C·Ho·Wo  [grad_out read]
+                  + N·C·H·W  [grad_input written] + N·Ho·Wo·2  [grad_grid written])
+and the fwd+bwd case (the CLI's `run grid-sample` + `run grid-sample-backward`) moves forward + backward
+(the same counts as bench/GpuAttention.Bench SpatialBench).
 """
 import argparse, json, math, os, platform, subprocess, sys, tempfile, time
 import importlib.util
@@ -100,11 +108,16 @@ def grid_sample_case(N, C, size, out, backward):
             F.grid_sample(ti, tg, mode="bilinear", padding_mode="zeros", align_corners=False).backward(torch.from_numpy(go))
         else:
             with torch.no_grad(): F.grid_sample(ti, tg, mode="bilinear", padding_mode="zeros", align_corners=False)
-    outputs = N * C * out * out
     return dict(name=f"grid_sample{' fwd+bwd' if backward else ''} N{N} C{C} {size}²→{out}² bilinear",
                 op=["grid-sample", "grid-sample-backward"] if backward else "grid-sample",
                 opts=["--mode", "bilinear", "--padding", "zeros"], inputs=dict(input=inp, grid=grid, grad_out=go),
-                work=outputs * 1e3, unit="Moutput/s", peer=peer)
+                work=grid_sample_bytes(N, C, size, size, out, out, backward), unit="GB/s", peer=peer)
+
+def grid_sample_bytes(N, C, H, W, Ho, Wo, backward):
+    """Compulsory bytes of grid_sample forward, or of forward + backward (see the module docstring)."""
+    image, points, outputs = N * C * H * W, N * Ho * Wo * 2, N * C * Ho * Wo
+    forward = 4.0 * (image + points + outputs)
+    return forward + 4.0 * (image + points + outputs + image + points) if backward else forward
 
 def sdpa_sweep():
     cases = []

@@ -38,6 +38,9 @@ public class SpatialTests(string backend)
         yield return new(3, 1, 1, 1, 4, 3);       // 1-pixel image, 1 channel
         yield return new(1, 2, 1, 8, 6, 5);       // one row
         yield return new(2, 5, 13, 3, 1, 1);      // one output point
+        yield return new(2, 20, 19, 37, 23, 29);  // channel groups of 16 + 4, image and outputs not multiples of 16, several point tiles
+        yield return new(1, 33, 4, 4, 17, 16);    // one image, three channel groups in separate blocks (grad_grid partials)
+        yield return new(16, 18, 4, 5, 2, 3);     // many images: two channel groups in one block
     }
 
     public static IEnumerable<TestCaseData> ShapeOptionCases() =>

@@ -12,6 +12,9 @@ namespace GpuAttention.Backends.Cpu;
 /// mask (exactly PyTorch's zero padding, also for non-finite pixels elsewhere).
 /// Backward is deterministic: a task owns grad_input[n, channel block] and walks the points in order; grad_grid
 /// partial sums of the channel blocks are added in block order; the blocking depends only on the shape.
+/// This is the channel-first path; with AVX-512, at least 8 channels and enough sampling points per pixel
+/// (<see cref="UseFastGridSample"/>), grid_sample takes the channel-last path of CpuBackend.SpatialFast.cs instead
+/// (same resolved tiles).
 /// </summary>
 internal sealed unsafe partial class CpuBackend : ISpatialBackend
 {
@@ -288,6 +291,7 @@ internal sealed unsafe partial class CpuBackend : ISpatialBackend
         var s = a.Shape;
         long P = s.OutPoints;
         if (s.N == 0 || s.C == 0 || P == 0) return;
+        if (UseFastGridSample(s)) { GridSampleFast(a); return; }
         long tiles = (P + PointTile - 1) / PointTile;
         nint ip = (nint)B(a.Input).Pointer, op = (nint)B(a.Out).Pointer;
         nint gp = a.Grid is null ? 0 : (nint)B(a.Grid).Pointer, tp = a.Theta is null ? 0 : (nint)B(a.Theta).Pointer;
@@ -387,6 +391,7 @@ internal sealed unsafe partial class CpuBackend : ISpatialBackend
 
     private static void GridSampleBackwardCore(in GridSampleShape s, in GridSampleBackwardArgs a, float* gradGrid)
     {
+        if (UseFastGridSample(s)) { GridSampleBackwardFast(s, a, gradGrid); return; }
         long P = s.OutPoints;
         long plane = (long)s.H * s.W;
         int nCb = s.C == 0 ? 1 : BackwardChannelBlocks(s.N, s.C);
