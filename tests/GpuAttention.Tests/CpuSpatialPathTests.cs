@@ -54,6 +54,27 @@ public class CpuSpatialPathTests
             Run(fast, t => t.NonFiniteGridBehavesAsPyTorch((GridSampleOptions)c.Arguments[0]!, (double[])c.Arguments[1]!));
     }
 
+    /// <summary>The grid_sample edge cases of <see cref="EdgeNumericsTests"/> (NaN pixels, ±1e30/±∞/NaN coordinates, empty dims) on both paths.</summary>
+    [TestCaseSource(nameof(Paths))]
+    public void EdgeNumericsOnBothPaths(bool fast, string _)
+    {
+        var t = new EdgeNumericsTests("cpu");
+        CpuPath.Run(fast, () => CpuBackend.FastGridSample, v => CpuBackend.FastGridSample = v,
+            () => { CpuBackend.FastGridSampleAlways = true; t.Open(); }, () =>
+            {
+                foreach (var o in from o in SpatialTests.AllOptions()
+                                  from b in new[] { GridSampleBackwardMode.Deterministic, GridSampleBackwardMode.Atomic }
+                                  select o with { Backward = b })
+                {
+                    t.GridSampleNaNInOnePixelReachesOnlyThePointsThatSampleIt(o);
+                    t.GridSampleHugeAndInfiniteCoordinates(o);
+                }
+                foreach (var (n, c, h, w) in new[] { (0, 2, 3, 4), (2, 0, 3, 4), (2, 2, 0, 4), (2, 2, 3, 0) })
+                    t.GridSampleAndSpatialTransformEmptyDimensions(n, c, h, w);
+            },
+            () => { t.Close(); CpuBackend.FastGridSampleAlways = false; });
+    }
+
     [TestCaseSource(nameof(Paths))]
     public void BackwardIsBitForBitRepeatable(bool fast, string _) => Run(fast, t => t.BackwardIsBitForBitRepeatable());
 
