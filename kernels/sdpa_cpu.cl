@@ -81,11 +81,11 @@ KERNEL sdpa_cpu_pack_pad(GLOBAL const float* RESTRICT src, GLOBAL float* RESTRIC
     for (int c = 0; c < CP; c++) d[c] = c < C ? s[c] : 0.0f;
 }
 
-// Scores of CPU_QB query rows (offsets qo[r] into qh) against the 16 keys kb .. kb+15 of the transposed keys kth
-// ([E][SP]): s[r] = sum_c q[r][c] * k[kb + .][c] (unscaled).
-#define QK_TILE(s, NR, qh, qo, kth, SP, kb)                                                  \
+// Dot products of NR rows (offsets qo[r] into qh) with the 16 columns kb .. kb+15 of the transposed operand kth
+// ([D][SP]): s[r] = sum_{c < D} qh[qo[r] + c] * kth[c * SP + kb + .] (e.g. the unscaled scores of a query block).
+#define QK_TILE(s, NR, D, qh, qo, kth, SP, kb)                                               \
     _Pragma("unroll") for (int r_ = 0; r_ < NR; r_++) s[r_] = (float16)(0.0f);                                \
-    for (int c_ = 0; c_ < HEAD_DIM; c_++) {                                                 \
+    for (int c_ = 0; c_ < D; c_++) {                                                        \
         const float16 kv_ = vload16(0, kth + (int64)c_ * SP + kb);                          \
         _Pragma("unroll") for (int r_ = 0; r_ < NR; r_++) s[r_] = fma((float16)(qh[qo[r_] + c_]), kv_, s[r_]); \
     }
@@ -133,7 +133,7 @@ KERNEL sdpa_cpu_forward(GLOBAL const float* RESTRICT q, GLOBAL const float* REST
 
     for (int kb = 0; kb < kend; kb += VW) {
         float16 s[CPU_QB];
-        QK_TILE(s, CPU_QB, qh, qo, kth, SP, kb)
+        QK_TILE(s, CPU_QB, HEAD_DIM, qh, qo, kth, SP, kb)
         const int nvalid = kend - kb < VW ? kend - kb : VW;
         const int16 jv = IOTA16 + kb;
         for (int r = 0; r < CPU_QB; r++) {
@@ -183,5 +183,180 @@ KERNEL sdpa_cpu_forward(GLOBAL const float* RESTRICT q, GLOBAL const float* REST
             for (int c = 0; c < HEAD_DIM_V; c++) out[row * HEAD_DIM_V + c] = acc[r * EVP + c] * inv;
             lse[row] = m[r] + log(l[r]);
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Backward (FlashAttention-2, Algorithm 2, without atomics): D = rowsum(dO ∘ O) comes from sdpa_backward.cl's
+// sdpa_bwd_preprocess; then sdpa_cpu_bwd_dkdv (a block of CPU_KB keys per work-item, over every query row of every
+// head of its GQA group) and sdpa_cpu_bwd_dq (a block of CPU_QB query rows per work-item, over every key). Both
+// recompute P = exp(scale·q·kᵀ + mask − lse) and dS = P ∘ (dO·vᵀ − D) 16 at a time; a row whose lse is −∞ (fully
+// masked) and a causally hidden pair give P = dS = 0, as in sdpa_backward.cl.
+
+// 16 floats from p[0 .. n-1] (n <= 16), the rest `fill`.
+INLINE float16 load_tail16(GLOBAL const float* p, int n, float fill)
+{
+    if (n >= VW) return vload16(0, p);
+    float t[VW];
+    for (int x = 0; x < VW; x++) t[x] = x < n ? p[x] : fill;
+    return vload16(0, t);
+}
+
+// acc[r][0 .. NC) += sum_{t < n} w[r][t] * src[t][0 .. NC) for r < NR (src rows NC floats apart, NC a multiple of 16).
+#define RANK_UPDATE(acc, NR, NC, w, src, n)                                                  \
+    for (int cv_ = 0; cv_ < NC; cv_ += VW) {                                                 \
+        float16 a_[NR];                                                                      \
+        _Pragma("unroll") for (int r_ = 0; r_ < NR; r_++) a_[r_] = vload16(0, acc + r_ * NC + cv_); \
+        for (int t_ = 0; t_ < n; t_++) {                                                     \
+            const float16 x_ = vload16(0, src + (int64)t_ * NC + cv_);                       \
+            _Pragma("unroll") for (int r_ = 0; r_ < NR; r_++) a_[r_] = fma((float16)(w[r_ * VW + t_]), x_, a_[r_]); \
+        }                                                                                    \
+        _Pragma("unroll") for (int r_ = 0; r_ < NR; r_++) vstore16(a_[r_], 0, acc + r_ * NC + cv_); \
+    }
+
+// Grid: (ceil(S / CPU_KB), B * Hkv), local (1, 1).
+//   qt [B*Hq][E][LP], dot [B*Hq][Ev][LP] (transposed, LP = L rounded up to 16, zero-padded);
+//   qp [B*Hq][L][EP], dop [B*Hq][L][EVP] (columns zero-padded); k, v, lse, dsum as given.
+KERNEL sdpa_cpu_bwd_dkdv(GLOBAL const float* RESTRICT qt, GLOBAL const float* RESTRICT qp, GLOBAL const float* RESTRICT k,
+                         GLOBAL const float* RESTRICT v, GLOBAL const float* RESTRICT mask, GLOBAL const float* RESTRICT lse,
+                         GLOBAL const float* RESTRICT dsum, GLOBAL const float* RESTRICT dot, GLOBAL const float* RESTRICT dop,
+                         GLOBAL float* RESTRICT dk, GLOBAL float* RESTRICT dv,
+                         int Hq, int Hkv, int L, int S, int LP, float scale, int causal, int has_mask,
+                         int64 msb, int64 msh, int64 msl, int64 mss)
+{
+    const int bhk = GRP(1);
+    const int b = bhk / Hkv;
+    const int hk = bhk - b * Hkv;
+    const int group = Hq / Hkv;
+    const int j0 = GRP(0) * CPU_KB;
+    const int ncols = S - j0 < CPU_KB ? S - j0 : CPU_KB;
+    GLOBAL const float* kh = k + (int64)bhk * S * HEAD_DIM;
+    GLOBAL const float* vh = v + (int64)bhk * S * HEAD_DIM_V;
+
+    int64 ko[CPU_KB], vo[CPU_KB];                     // keys past S repeat key S - 1 (computed, never written)
+    for (int r = 0; r < CPU_KB; r++) {
+        const int j = r < ncols ? j0 + r : S - 1;
+        ko[r] = (int64)j * HEAD_DIM;
+        vo[r] = (int64)j * HEAD_DIM_V;
+    }
+    float dka[CPU_KB * EP], dva[CPU_KB * EVP];
+    float pw[CPU_KB * VW], dsw[CPU_KB * VW];
+    for (int x = 0; x < CPU_KB * EP; x++) dka[x] = 0.0f;
+    for (int x = 0; x < CPU_KB * EVP; x++) dva[x] = 0.0f;
+
+    // Causal: rows i < j0 see none of this block's keys; start at the tile holding row j0.
+    const int istart = causal ? j0 / VW * VW : 0;
+
+    for (int g = 0; g < group; g++) {
+        const int h = hk * group + g;
+        const int64 bh = (int64)b * Hq + h;
+        GLOBAL const float* qth = qt + bh * HEAD_DIM * LP;
+        GLOBAL const float* qph = qp + bh * L * EP;
+        GLOBAL const float* doth = dot + bh * HEAD_DIM_V * LP;
+        GLOBAL const float* doph = dop + bh * L * EVP;
+        GLOBAL const float* mh = mask + (int64)b * msb + (int64)h * msh;
+        for (int i0 = istart; i0 < L; i0 += VW) {
+            const int nq = L - i0 < VW ? L - i0 : VW;
+            const float16 lv = load_tail16(lse + bh * L + i0, nq, NEG_INF);   // rows past L: lse -inf, so P = 0
+            const float16 dd = load_tail16(dsum + bh * L + i0, nq, 0.0f);
+            float16 s[CPU_KB], dp[CPU_KB];
+            QK_TILE(s, CPU_KB, HEAD_DIM, kh, ko, qth, LP, i0)
+            QK_TILE(dp, CPU_KB, HEAD_DIM_V, vh, vo, doth, LP, i0)
+            const int16 iv = IOTA16 + i0;
+            const int16 lost = lv == (float16)(NEG_INF);
+            for (int r = 0; r < CPU_KB; r++) {
+                float16 x = s[r] * scale;
+                if (has_mask) {
+                    float mk[VW];
+                    for (int t = 0; t < VW; t++) mk[t] = t < nq ? mh[(int64)(i0 + t) * msl + (int64)(j0 + r) * mss] : 0.0f;
+                    x += vload16(0, mk);
+                }
+                int16 dead = lost;
+                if (causal) dead |= (int16)(j0 + r) > iv;
+                const float16 p = select(exp(x - lv), (float16)(0.0f), dead);
+                const float16 ds = select(p * (dp[r] - dd), (float16)(0.0f), dead);
+                vstore16(p, 0, pw + r * VW);
+                vstore16(ds, 0, dsw + r * VW);
+            }
+            RANK_UPDATE(dva, CPU_KB, EVP, pw, (doph + (int64)i0 * EVP), nq)
+            RANK_UPDATE(dka, CPU_KB, EP, dsw, (qph + (int64)i0 * EP), nq)
+        }
+    }
+
+    for (int r = 0; r < ncols; r++) {
+        const int64 krow = (int64)bhk * S + j0 + r;
+        for (int c = 0; c < HEAD_DIM; c++) dk[krow * HEAD_DIM + c] = dka[r * EP + c] * scale;
+        for (int c = 0; c < HEAD_DIM_V; c++) dv[krow * HEAD_DIM_V + c] = dva[r * EVP + c];
+    }
+}
+
+// Grid: (ceil(L / CPU_QB), B * Hq), local (1, 1).
+//   kt [B*Hkv][E][SP], vt [B*Hkv][Ev][SP] (transposed, zero-padded); kp [B*Hkv][S][EP] (columns zero-padded).
+KERNEL sdpa_cpu_bwd_dq(GLOBAL const float* RESTRICT q, GLOBAL const float* RESTRICT kt, GLOBAL const float* RESTRICT vt,
+                       GLOBAL const float* RESTRICT kp, GLOBAL const float* RESTRICT mask, GLOBAL const float* RESTRICT lse,
+                       GLOBAL const float* RESTRICT dsum, GLOBAL const float* RESTRICT dout, GLOBAL float* RESTRICT dq,
+                       int Hq, int Hkv, int L, int S, int SP, float scale, int causal, int has_mask,
+                       int64 msb, int64 msh, int64 msl, int64 mss)
+{
+    const int bh = GRP(1);
+    const int b = bh / Hq;
+    const int h = bh - b * Hq;
+    const int hk = h / (Hq / Hkv);
+    const int i0 = GRP(0) * CPU_QB;
+    const int nrows = L - i0 < CPU_QB ? L - i0 : CPU_QB;
+
+    const int64 kvhead = (int64)b * Hkv + hk;
+    GLOBAL const float* kth = kt + kvhead * HEAD_DIM * SP;
+    GLOBAL const float* vth = vt + kvhead * HEAD_DIM_V * SP;
+    GLOBAL const float* kph = kp + kvhead * S * EP;
+    GLOBAL const float* qh = q + (int64)bh * L * HEAD_DIM;
+    GLOBAL const float* doh = dout + (int64)bh * L * HEAD_DIM_V;
+    GLOBAL const float* mh = mask + (int64)b * msb + (int64)h * msh;
+
+    int64 qo[CPU_QB], oo[CPU_QB], mo[CPU_QB];
+    float lr[CPU_QB], dr[CPU_QB];
+    for (int r = 0; r < CPU_QB; r++) {
+        const int i = r < nrows ? i0 + r : L - 1;
+        qo[r] = (int64)i * HEAD_DIM;
+        oo[r] = (int64)i * HEAD_DIM_V;
+        mo[r] = (int64)i * msl;
+        lr[r] = r < nrows ? lse[(int64)bh * L + i] : NEG_INF;   // rows past L: P = 0
+        dr[r] = dsum[(int64)bh * L + i];
+    }
+    float acc[CPU_QB * EP];
+    float dsw[CPU_QB * VW];
+    for (int x = 0; x < CPU_QB * EP; x++) acc[x] = 0.0f;
+
+    int kend = S;                                     // causal: keys past the block's last row are hidden from all its rows
+    if (causal) {
+        const int last = i0 + nrows;
+        kend = last < S ? last : S;
+    }
+
+    for (int kb = 0; kb < kend; kb += VW) {
+        float16 s[CPU_QB], dp[CPU_QB];
+        QK_TILE(s, CPU_QB, HEAD_DIM, qh, qo, kth, SP, kb)
+        QK_TILE(dp, CPU_QB, HEAD_DIM_V, doh, oo, vth, SP, kb)
+        const int nvalid = kend - kb < VW ? kend - kb : VW;
+        const int16 jv = IOTA16 + kb;
+        for (int r = 0; r < CPU_QB; r++) {
+            float16 x = s[r] * scale;
+            if (has_mask) {
+                float mk[VW];
+                for (int t = 0; t < VW; t++) mk[t] = t < nvalid ? mh[mo[r] + (int64)(kb + t) * mss] : 0.0f;
+                x += vload16(0, mk);
+            }
+            int16 dead = jv >= (int16)(kend);
+            if (causal) dead |= jv > (int16)(i0 + r);
+            if (lr[r] == NEG_INF) dead = (int16)(-1);
+            const float16 p = select(exp(x - lr[r]), (float16)(0.0f), dead);
+            vstore16(select(p * (dp[r] - dr[r]), (float16)(0.0f), dead), 0, dsw + r * VW);
+        }
+        RANK_UPDATE(acc, CPU_QB, EP, dsw, (kph + (int64)kb * EP), nvalid)
+    }
+
+    for (int r = 0; r < nrows; r++) {
+        const int64 row = (int64)bh * L + i0 + r;
+        for (int c = 0; c < HEAD_DIM; c++) dq[row * HEAD_DIM + c] = acc[r * EP + c] * scale;
     }
 }

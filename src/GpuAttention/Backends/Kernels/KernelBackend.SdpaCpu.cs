@@ -61,7 +61,7 @@ internal abstract partial class KernelBackend
     /// <summary>The sdpa_cpu.cl configurations (OpenCL devices that are not GPUs only; the file does not compile as CUDA).</summary>
     private static IEnumerable<KernelConfig> SdpaCpuShippedConfigs(KernelDeviceLimits d) =>
         d.IsGpu ? [] : SdpaShippedHeadDims.Select(h => new KernelConfig("sdpa_cpu.cl", SdpaCpuConfig(h.E, h.Ev, d).Defines,
-            ["sdpa_cpu_pack_t", "sdpa_cpu_pack_pad", "sdpa_cpu_forward"]));
+            ["sdpa_cpu_pack_t", "sdpa_cpu_pack_pad", "sdpa_cpu_forward", "sdpa_cpu_bwd_dkdv", "sdpa_cpu_bwd_dq"]));
 
     private static int PadTo(int n, int m) => (n + m - 1) / m * m;
 
@@ -102,6 +102,41 @@ internal abstract partial class KernelBackend
             KernelArg.Of(a.Q), KernelArg.Of(kt), KernelArg.Of(vp), KernelArg.Of(a.Mask), KernelArg.Of(a.Out), KernelArg.Of(a.Lse),
             s.Hq, s.Hkv, s.L, s.S, sp, s.Scale, s.Causal, a.Mask is not null,
             s.MaskStrideB, s.MaskStrideH, s.MaskStrideL, s.MaskStrideS,
+        ]);
+    }
+
+    /// <summary>The backward through sdpa_cpu.cl (L, S ≥ 1): D from sdpa_backward.cl's preprocess, the operands packed, then dK/dV and dQ.</summary>
+    private void SdpaBackwardCpu(in SdpaBackwardArgs a, IDeviceBuffer dsum)
+    {
+        var s = a.Shape;
+        var (qb, kb, defines) = SdpaCpuConfig(s.E, s.Ev);
+        long qHeads = (long)s.B * s.Hq, kvHeads = (long)s.B * s.Hkv;
+        int lp = PadTo(s.L, CpuVec), sp = PadTo(s.S, CpuVec);
+        KernelArg[] tail =
+        [
+            s.Hq, s.Hkv, s.L, s.S, 0, s.Scale, s.Causal, a.Mask is not null,
+            s.MaskStrideB, s.MaskStrideH, s.MaskStrideL, s.MaskStrideS,
+        ];
+
+        var qt = PackTransposed(defines, "sdpa_cpu.qt", a.Q, qHeads, s.L, s.E);
+        var qp = PackPadded(defines, "sdpa_cpu.qp", a.Q, qHeads, s.L, s.E);
+        var dot = PackTransposed(defines, "sdpa_cpu.dot", a.GradOut, qHeads, s.L, s.Ev);
+        var dop = PackPadded(defines, "sdpa_cpu.dop", a.GradOut, qHeads, s.L, s.Ev);
+        tail[4] = lp;
+        Launch("sdpa_cpu.cl", defines, "sdpa_cpu_bwd_dkdv", [(s.S + kb - 1) / kb, kvHeads], [1, 1],
+        [
+            KernelArg.Of(qt), KernelArg.Of(qp), KernelArg.Of(a.K), KernelArg.Of(a.V), KernelArg.Of(a.Mask), KernelArg.Of(a.Lse),
+            KernelArg.Of(dsum), KernelArg.Of(dot), KernelArg.Of(dop), KernelArg.Of(a.GradK), KernelArg.Of(a.GradV), .. tail,
+        ]);
+
+        var kt = PackTransposed(defines, "sdpa_cpu.kt", a.K, kvHeads, s.S, s.E);
+        var vt = PackTransposed(defines, "sdpa_cpu.vt", a.V, kvHeads, s.S, s.Ev);
+        var kp = PackPadded(defines, "sdpa_cpu.kp", a.K, kvHeads, s.S, s.E);
+        tail[4] = sp;
+        Launch("sdpa_cpu.cl", defines, "sdpa_cpu_bwd_dq", [(s.L + qb - 1) / qb, qHeads], [1, 1],
+        [
+            KernelArg.Of(a.Q), KernelArg.Of(kt), KernelArg.Of(vt), KernelArg.Of(kp), KernelArg.Of(a.Mask), KernelArg.Of(a.Lse),
+            KernelArg.Of(dsum), KernelArg.Of(a.GradOut), KernelArg.Of(a.GradQ), .. tail,
         ]);
     }
 }
