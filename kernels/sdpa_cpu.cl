@@ -1,7 +1,7 @@
 // Fused scaled dot-product attention for CPU OpenCL devices (PoCL): forward and backward (FlashAttention-2,
 // Dao 2023, arXiv:2307.08691), written like a CPU micro-kernel instead of one row per work-item.
 //
-// OpenCL only (explicit vector types vload16 / float16 / select; the CUDA backend never launches it). The host runs
+// OpenCL only (explicit vector types float16 / vload16 / vstore16; the CUDA backend never launches it). The host runs
 // it with work-groups of ONE work-item, so there is no local memory and no barrier: each work-item owns a block of
 // CPU_QB query rows (forward, dQ) or CPU_KB key rows (dK/dV) and walks the other sequence in tiles of 16, keeping a
 // 16-wide score vector per owned row (scores = rows x 16 keys/queries, one FMA per head-dim element with the row
@@ -38,23 +38,31 @@
 #define EP (((HEAD_DIM + VW - 1) / VW) * VW)          // padded head dims
 #define EVP (((HEAD_DIM_V + VW - 1) / VW) * VW)
 
-#define IOTA16 ((int16)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15))
 
-INLINE float hmax16(float16 v)
+// Lanes t < 16 of w (private) with t >= nlive or t > last - base are set to `dead` (keys past the end, or causally hidden:
+// key base + t after row `last`); nothing when causal == 0 for the second test. Scalar on purpose: only tiles on an edge
+// or the diagonal take it, and vector compares crash oclgrind's uninitialized-value plugin (21.10).
+INLINE void kill_lanes(float* w, int nlive, int causal, int base, int last, float dead)
 {
-    float8 a = fmax(v.lo, v.hi);
-    float4 b = fmax(a.lo, a.hi);
-    float2 c = fmax(b.lo, b.hi);
-    return fmax(c.x, c.y);
+    for (int t = 0; t < VW; t++)
+        if (t >= nlive || (causal && base + t > last)) w[t] = dead;
 }
 
-INLINE float hsum16(float16 v)
-{
-    float8 a = v.lo + v.hi;
-    float4 b = a.lo + a.hi;
-    float2 c = b.lo + b.hi;
-    return c.x + c.y;
-}
+// Horizontal max / sum, pairwise through private memory (the vector swizzles .lo / .hi crash oclgrind's
+// uninitialized-value plugin, 21.10); PoCL's compiler turns the round trips back into register shuffles.
+#define HREDUCE16(name, OP)                                                     \
+    INLINE float name(float16 v)                                                \
+    {                                                                           \
+        float t[VW];                                                            \
+        vstore16(v, 0, t);                                                      \
+        vstore8(OP(vload8(0, t), vload8(1, t)), 0, t);                          \
+        vstore4(OP(vload4(0, t), vload4(1, t)), 0, t);                          \
+        vstore2(OP(vload2(0, t), vload2(1, t)), 0, t);                          \
+        return OP(t[0], t[1]);                                                  \
+    }
+#define ADD_(a, b) ((a) + (b))
+HREDUCE16(hmax16, fmax)
+HREDUCE16(hsum16, ADD_)
 
 // Grid: (RP / 16, heads), local (1, 1). dst[h][c][r] = src[h][r][c] for r < R, 0 for R <= r < RP.
 KERNEL sdpa_cpu_pack_t(GLOBAL const float* RESTRICT src, GLOBAL float* RESTRICT dst, int R, int C, int RP)
@@ -64,11 +72,8 @@ KERNEL sdpa_cpu_pack_t(GLOBAL const float* RESTRICT src, GLOBAL float* RESTRICT 
     GLOBAL const float* s = src + hd * R * C;
     GLOBAL float* d = dst + hd * C * RP;
     const int n = R - r0 < VW ? R - r0 : VW;
-    for (int c = 0; c < C; c++) {
-        float t[VW];
-        for (int rr = 0; rr < VW; rr++) t[rr] = rr < n ? s[(int64)(r0 + rr) * C + c] : 0.0f;
-        vstore16(vload16(0, t), 0, d + (int64)c * RP + r0);
-    }
+    for (int c = 0; c < C; c++)
+        for (int rr = 0; rr < VW; rr++) d[(int64)c * RP + r0 + rr] = rr < n ? s[(int64)(r0 + rr) * C + c] : 0.0f;
 }
 
 // Grid: (R, heads), local (1, 1). dst[h][r][c] = src[h][r][c] for c < C, 0 for C <= c < CP.
@@ -135,7 +140,6 @@ KERNEL sdpa_cpu_forward(GLOBAL const float* RESTRICT q, GLOBAL const float* REST
         float16 s[CPU_QB];
         QK_TILE(s, CPU_QB, HEAD_DIM, qh, qo, kth, SP, kb)
         const int nvalid = kend - kb < VW ? kend - kb : VW;
-        const int16 jv = IOTA16 + kb;
         for (int r = 0; r < CPU_QB; r++) {
             float16 x = s[r] * scale;
             if (has_mask) {
@@ -143,9 +147,11 @@ KERNEL sdpa_cpu_forward(GLOBAL const float* RESTRICT q, GLOBAL const float* REST
                 for (int t = 0; t < VW; t++) mk[t] = t < nvalid ? mh[mo[r] + (int64)(kb + t) * mss] : 0.0f;
                 x += vload16(0, mk);
             }
-            int16 dead = jv >= (int16)(kend);
-            if (causal) dead |= jv > (int16)(i0 + r);
-            x = select(x, (float16)(NEG_INF), dead);
+            if (nvalid < VW || (causal && kb + VW - 1 > i0 + r)) {   // keys past kend, or causally hidden: -inf
+                vstore16(x, 0, ps + r * VW);
+                kill_lanes(ps + r * VW, nvalid, causal, kb, i0 + r, NEG_INF);
+                x = vload16(0, ps + r * VW);
+            }
             const float mnew = fmax(m[r], hmax16(x));
             // Guard: while every score so far is -inf, subtract 0 instead of -inf so exp() gives 0, not NaN.
             const float mref = mnew == NEG_INF ? 0.0f : mnew;
@@ -233,11 +239,12 @@ KERNEL sdpa_cpu_bwd_dkdv(GLOBAL const float* RESTRICT qt, GLOBAL const float* RE
     GLOBAL const float* kh = k + (int64)bhk * S * HEAD_DIM;
     GLOBAL const float* vh = v + (int64)bhk * S * HEAD_DIM_V;
 
-    int64 ko[CPU_KB], vo[CPU_KB];                     // keys past S repeat key S - 1 (computed, never written)
+    int64 ko[CPU_KB], vo[CPU_KB], jo[CPU_KB];         // keys past S repeat key S - 1 (computed, never written)
     for (int r = 0; r < CPU_KB; r++) {
         const int j = r < ncols ? j0 + r : S - 1;
         ko[r] = (int64)j * HEAD_DIM;
         vo[r] = (int64)j * HEAD_DIM_V;
+        jo[r] = (int64)j * mss;
     }
     float dka[CPU_KB * EP], dva[CPU_KB * EVP];
     float pw[CPU_KB * VW], dsw[CPU_KB * VW];
@@ -262,21 +269,25 @@ KERNEL sdpa_cpu_bwd_dkdv(GLOBAL const float* RESTRICT qt, GLOBAL const float* RE
             float16 s[CPU_KB], dp[CPU_KB];
             QK_TILE(s, CPU_KB, HEAD_DIM, kh, ko, qth, LP, i0)
             QK_TILE(dp, CPU_KB, HEAD_DIM_V, vh, vo, doth, LP, i0)
-            const int16 iv = IOTA16 + i0;
-            const int16 lost = lv == (float16)(NEG_INF);
+            // Rows whose lse is -inf (fully masked, or past L) give P = dS = 0, as do causally hidden pairs (key j0 + r after row i0 + t).
+            float lt[VW];
+            vstore16(lv, 0, lt);
+            int nlost = 0;
+            for (int t = 0; t < VW; t++) nlost += lt[t] == NEG_INF;
             for (int r = 0; r < CPU_KB; r++) {
                 float16 x = s[r] * scale;
                 if (has_mask) {
                     float mk[VW];
-                    for (int t = 0; t < VW; t++) mk[t] = t < nq ? mh[(int64)(i0 + t) * msl + (int64)(j0 + r) * mss] : 0.0f;
+                    for (int t = 0; t < VW; t++) mk[t] = t < nq ? mh[(int64)(i0 + t) * msl + jo[r]] : 0.0f;
                     x += vload16(0, mk);
                 }
-                int16 dead = lost;
-                if (causal) dead |= (int16)(j0 + r) > iv;
-                const float16 p = select(exp(x - lv), (float16)(0.0f), dead);
-                const float16 ds = select(p * (dp[r] - dd), (float16)(0.0f), dead);
+                const float16 p = exp(x - lv);
                 vstore16(p, 0, pw + r * VW);
-                vstore16(ds, 0, dsw + r * VW);
+                vstore16(p * (dp[r] - dd), 0, dsw + r * VW);
+                if (nlost || (causal && j0 + r > i0)) {
+                    for (int t = 0; t < VW; t++)
+                        if (lt[t] == NEG_INF || (causal && j0 + r > i0 + t)) { pw[r * VW + t] = 0.0f; dsw[r * VW + t] = 0.0f; }
+                }
             }
             RANK_UPDATE(dva, CPU_KB, EVP, pw, (doph + (int64)i0 * EVP), nq)
             RANK_UPDATE(dka, CPU_KB, EP, dsw, (qph + (int64)i0 * EP), nq)
@@ -338,7 +349,6 @@ KERNEL sdpa_cpu_bwd_dq(GLOBAL const float* RESTRICT q, GLOBAL const float* RESTR
         QK_TILE(s, CPU_QB, HEAD_DIM, qh, qo, kth, SP, kb)
         QK_TILE(dp, CPU_QB, HEAD_DIM_V, doh, oo, vth, SP, kb)
         const int nvalid = kend - kb < VW ? kend - kb : VW;
-        const int16 jv = IOTA16 + kb;
         for (int r = 0; r < CPU_QB; r++) {
             float16 x = s[r] * scale;
             if (has_mask) {
@@ -346,11 +356,11 @@ KERNEL sdpa_cpu_bwd_dq(GLOBAL const float* RESTRICT q, GLOBAL const float* RESTR
                 for (int t = 0; t < VW; t++) mk[t] = t < nvalid ? mh[mo[r] + (int64)(kb + t) * mss] : 0.0f;
                 x += vload16(0, mk);
             }
-            int16 dead = jv >= (int16)(kend);
-            if (causal) dead |= jv > (int16)(i0 + r);
-            if (lr[r] == NEG_INF) dead = (int16)(-1);
-            const float16 p = select(exp(x - lr[r]), (float16)(0.0f), dead);
-            vstore16(select(p * (dp[r] - dr[r]), (float16)(0.0f), dead), 0, dsw + r * VW);
+            const float16 p = exp(x - lr[r]);
+            vstore16(p * (dp[r] - dr[r]), 0, dsw + r * VW);
+            // lse -inf (fully masked row, or past L), keys past kend, causally hidden keys: dS = 0
+            if (lr[r] == NEG_INF) kill_lanes(dsw + r * VW, 0, 0, 0, 0, 0.0f);
+            else if (nvalid < VW || (causal && kb + VW - 1 > i0 + r)) kill_lanes(dsw + r * VW, nvalid, causal, kb, i0 + r, 0.0f);
         }
         RANK_UPDATE(acc, CPU_QB, EP, dsw, (kph + (int64)kb * EP), nvalid)
     }
