@@ -38,18 +38,18 @@
 #define EP (((HEAD_DIM + VW - 1) / VW) * VW)          // padded head dims
 #define EVP (((HEAD_DIM_V + VW - 1) / VW) * VW)
 
+// oclgrind 21.10's uninitialized-value plugin crashed (and reported false uninitialized values) on this file's first
+// version, which used vector compares, select() and the swizzles .lo / .hi; the code below avoids all three.
 
-// Lanes t < 16 of w (private) with t >= nlive or t > last - base are set to `dead` (keys past the end, or causally hidden:
-// key base + t after row `last`); nothing when causal == 0 for the second test. Scalar on purpose: only tiles on an edge
-// or the diagonal take it, and vector compares crash oclgrind's uninitialized-value plugin (21.10).
+// Sets w[t] (t < 16, private) to `dead` where t >= nlive (past the end) or, when causal, base + t > last (a key after
+// row `last`). Scalar: only tiles on an edge or on the causal diagonal take it.
 INLINE void kill_lanes(float* w, int nlive, int causal, int base, int last, float dead)
 {
     for (int t = 0; t < VW; t++)
         if (t >= nlive || (causal && base + t > last)) w[t] = dead;
 }
 
-// Horizontal max / sum, pairwise through private memory (the vector swizzles .lo / .hi crash oclgrind's
-// uninitialized-value plugin, 21.10); PoCL's compiler turns the round trips back into register shuffles.
+// Horizontal max / sum, pairwise through private memory; PoCL's compiler turns the round trips into register shuffles.
 #define HREDUCE16(name, OP)                                                     \
     INLINE float name(float16 v)                                                \
     {                                                                           \
