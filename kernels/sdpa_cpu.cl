@@ -19,7 +19,7 @@
 // Compile-time defines:
 //   HEAD_DIM    E  (required)       HEAD_DIM_V  Ev (defaults to E)
 //   CPU_QB      query rows per work-item in the forward and dQ kernels (default 8)
-//   CPU_KB      key rows per work-item in the dK/dV kernel (default 8)
+//   CPU_KB      key rows per work-item in the dK/dV kernel (default 16)
 
 #ifndef HEAD_DIM
 #error "sdpa_cpu.cl: define HEAD_DIM (the q/k head dimension E)"
@@ -31,7 +31,7 @@
 #define CPU_QB 8
 #endif
 #ifndef CPU_KB
-#define CPU_KB 8
+#define CPU_KB 16
 #endif
 
 #define VW 16                                        // vector width = tile of the walked sequence
