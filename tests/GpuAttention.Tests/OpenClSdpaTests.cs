@@ -1,3 +1,4 @@
+using GpuAttention.Backends.Kernels;
 using GpuAttention.Backends.OpenCL;
 using GpuAttention.Reference;
 using NUnit.Framework;
@@ -65,7 +66,7 @@ public class OpenClSdpaTests
         TestUtil.AssertClose(d.Download(tl), wl, 1e-5, "lse");
     }
 
-    /// <summary>Small tiles: many key tiles, query-block tails and causal block skipping on small shapes.</summary>
+    /// <summary>Small tiles of the GPU-style kernels: many key tiles, query-block tails and causal block skipping on small shapes.</summary>
     [TestCase(4, 4, false, null)]
     [TestCase(8, 3, true, null)]
     [TestCase(2, 5, false, new[] { 2, 1, 21, 19 })]
@@ -73,13 +74,54 @@ public class OpenClSdpaTests
     public void SmallTiles(int blockM, int blockN, bool causal, int[]? maskShape)
     {
         var be = (OpenClBackend)Dev.Backend;
-        be.SdpaTileOverride = (blockM, blockN);
+        var variant = be.SdpaVariant;
+        (be.SdpaTileOverride, be.SdpaVariant) = ((blockM, blockN), SdpaVariant.Gpu);
         try
         {
             Check(2, 2, 1, 21, 19, 5, 3, causal: causal, maskShape: maskShape);
             Check(1, 2, 2, 7, 30, 9, 1, causal: causal);
         }
-        finally { be.SdpaTileOverride = null; }
+        finally { (be.SdpaTileOverride, be.SdpaVariant) = (null, variant); }
+    }
+
+    /// <summary>Other row blocks of the CPU-device kernels: block tails and causal key-tile skipping with 1, 3 and 16 rows per work-item.</summary>
+    [TestCase(1, 3, false, null)]
+    [TestCase(3, 1, true, null)]
+    [TestCase(16, 5, false, new[] { 2, 1, 21, 37 })]
+    [TestCase(5, 16, true, new[] { 21, 37 })]
+    public void CpuVariantRowBlocks(int qb, int kb, bool causal, int[]? maskShape)
+    {
+        var be = (OpenClBackend)Dev.Backend;
+        var variant = be.SdpaVariant;
+        (be.SdpaCpuBlockOverride, be.SdpaVariant) = ((qb, kb), SdpaVariant.Cpu);
+        try
+        {
+            Check(2, 2, 1, 21, 37, 5, 3, causal: causal, maskShape: maskShape);
+            Check(1, 2, 2, 7, 30, 9, 1, causal: causal);
+            Check(1, 1, 1, 40, 33, 16, 32, causal: causal);
+        }
+        finally { (be.SdpaCpuBlockOverride, be.SdpaVariant) = (null, variant); }
+    }
+
+    [Test]
+    public void SdpaVariantFollowsDeviceTypeAndOverride()
+    {
+        var be = (OpenClBackend)Dev.Backend;
+        var variant = be.SdpaVariant;
+        Assert.That(KernelBackend.ParseSdpaVariant("CPU"), Is.EqualTo(SdpaVariant.Cpu));
+        Assert.That(KernelBackend.ParseSdpaVariant(" gpu "), Is.EqualTo(SdpaVariant.Gpu));
+        Assert.That(KernelBackend.ParseSdpaVariant(null), Is.EqualTo(SdpaVariant.Auto));
+        Assert.Throws<ArgumentException>(() => KernelBackend.ParseSdpaVariant("fast"));
+        try
+        {
+            be.SdpaVariant = SdpaVariant.Auto;
+            Assert.That(be.SdpaUsesCpuKernels, Is.EqualTo(!be.IsGpu));
+            be.SdpaVariant = SdpaVariant.Cpu;
+            Assert.That(be.SdpaUsesCpuKernels, Is.True);
+            be.SdpaVariant = SdpaVariant.Gpu;
+            Assert.That(be.SdpaUsesCpuKernels, Is.False);
+        }
+        finally { be.SdpaVariant = variant; }
     }
 
     /// <summary>L == 1 takes the split-key decoding kernels (partial + combine); small chunks give many splits.</summary>

@@ -1,3 +1,4 @@
+using GpuAttention.Backends.Kernels;
 using GpuAttention.Reference;
 using NUnit.Framework;
 
@@ -13,11 +14,18 @@ internal static class TestUtil
         return a;
     }
 
-    /// <summary>Opens a device, or marks the test ignored with the reason the backend is missing.</summary>
+    /// <summary>Opens a device, or marks the test ignored with the reason the backend is missing. A spec with the suffix
+    /// <c>/sdpa=cpu</c> or <c>/sdpa=gpu</c> (see <see cref="SdpaBackends"/>) forces that SDPA kernel variant on a kernel backend.</summary>
     public static Device OpenOrIgnore(string spec)
     {
-        try { return Device.Open(spec); }
+        string? variant = null;
+        int slash = spec.IndexOf("/sdpa=", StringComparison.Ordinal);
+        if (slash >= 0) (spec, variant) = (spec[..slash], spec[(slash + "/sdpa=".Length)..]);
+        Device d;
+        try { d = Device.Open(spec); }
         catch (BackendUnavailableException e) { Assert.Ignore(e.Message); throw; }
+        if (variant is not null) ((KernelBackend)d.Backend).SdpaVariant = KernelBackend.ParseSdpaVariant(variant);
+        return d;
     }
 
     public static void AssertClose(ReadOnlySpan<float> actual, ReadOnlySpan<double> reference, double bound, string what)
@@ -35,4 +43,8 @@ internal static class TestUtil
     }
 
     public static readonly string[] Backends = ["cpu", "opencl", "cuda"];
+
+    /// <summary>The SDPA fixtures' backends: OpenCL once per SDPA kernel variant (the CPU-device kernels of sdpa_cpu.cl and the
+    /// GPU-style ones of sdpa.cl / sdpa_backward.cl), whatever type the OpenCL device reports.</summary>
+    public static readonly string[] SdpaBackends = ["cpu", "opencl/sdpa=cpu", "opencl/sdpa=gpu", "cuda"];
 }

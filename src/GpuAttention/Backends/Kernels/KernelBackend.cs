@@ -89,6 +89,7 @@ internal abstract partial class KernelBackend : IBackend
     [
         SdpaShippedConfigs,
         SdpaBackwardShippedConfigs,
+        SdpaCpuShippedConfigs,
         GemmShippedConfigs,
         SpatialShippedConfigs,
         GlimpseShippedConfigs,
