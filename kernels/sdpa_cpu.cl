@@ -220,6 +220,28 @@ INLINE float16 load_tail16(GLOBAL const float* p, int n, float fill)
         _Pragma("unroll") for (int r_ = 0; r_ < NR; r_++) vstore16(a_[r_], 0, acc + r_ * NC + cv_); \
     }
 
+// The same update with the coefficients taken one by one, skipping those that are exactly 0: used only for a tile that
+// holds a non-finite operand, where 0 · ∞ or 0 · NaN must not reach a key or row that P = 0 keeps out (masked, causally
+// hidden, or a fully masked row), as in sdpa_backward.cl's `if (p == 0) continue`.
+#define RANK_UPDATE_SKIP0(acc, NR, NC, w, src, n)                                            \
+    for (int t_ = 0; t_ < n; t_++)                                                           \
+        for (int r_ = 0; r_ < NR; r_++) {                                                    \
+            const float w_ = w[r_ * VW + t_];                                                \
+            if (w_ != 0.0f)                                                                  \
+                for (int c_ = 0; c_ < NC; c_++)                                              \
+                    acc[r_ * NC + c_] = fma(w_, src[(int64)t_ * NC + c_], acc[r_ * NC + c_]); \
+        }
+
+// 1 if any lane of v is ∞ or NaN (v · 0 is NaN exactly there; no vector compare, which oclgrind cannot check).
+INLINE int any_nonfinite16(float16 v)
+{
+    float t[VW];
+    vstore16(v * 0.0f, 0, t);
+    int bad = 0;
+    for (int x = 0; x < VW; x++) bad |= t[x] != t[x];
+    return bad;
+}
+
 // Grid: (ceil(S / CPU_KB), B * Hkv), local (1, 1).
 //   qt [B*Hq][E][LP], dot [B*Hq][Ev][LP] (transposed, LP = L rounded up to 16, zero-padded);
 //   qp [B*Hq][L][EP], dop [B*Hq][L][EVP] (columns zero-padded); k, v, lse, dsum as given.
@@ -270,6 +292,11 @@ KERNEL sdpa_cpu_bwd_dkdv(GLOBAL const float* RESTRICT qt, GLOBAL const float* RE
             QK_TILE(s, CPU_KB, HEAD_DIM, kh, ko, qth, LP, i0)
             QK_TILE(dp, CPU_KB, HEAD_DIM_V, vh, vo, doth, LP, i0)
             // Rows whose lse is -inf (fully masked, or past L) give P = dS = 0, as do causally hidden pairs (key j0 + r after row i0 + t).
+            // A non-finite q, dO or D in the tile (or k, v of this block) shows in s, dp or dd: then dS is zeroed where P is
+            // 0 and the updates skip zero coefficients (the finite case keeps the vector path).
+            float16 chk = dd * 0.0f;
+            for (int r = 0; r < CPU_KB; r++) chk += s[r] * 0.0f + dp[r] * 0.0f;
+            const int nonfinite = any_nonfinite16(chk);
             float lt[VW];
             vstore16(lv, 0, lt);
             int nlost = 0;
@@ -288,9 +315,17 @@ KERNEL sdpa_cpu_bwd_dkdv(GLOBAL const float* RESTRICT qt, GLOBAL const float* RE
                     for (int t = 0; t < VW; t++)
                         if (lt[t] == NEG_INF || (causal && j0 + r > i0 + t)) { pw[r * VW + t] = 0.0f; dsw[r * VW + t] = 0.0f; }
                 }
+                if (nonfinite)
+                    for (int t = 0; t < VW; t++)
+                        if (pw[r * VW + t] == 0.0f) dsw[r * VW + t] = 0.0f;
             }
-            RANK_UPDATE(dva, CPU_KB, EVP, pw, (doph + (int64)i0 * EVP), nq)
-            RANK_UPDATE(dka, CPU_KB, EP, dsw, (qph + (int64)i0 * EP), nq)
+            if (nonfinite) {
+                RANK_UPDATE_SKIP0(dva, CPU_KB, EVP, pw, (doph + (int64)i0 * EVP), nq)
+                RANK_UPDATE_SKIP0(dka, CPU_KB, EP, dsw, (qph + (int64)i0 * EP), nq)
+            } else {
+                RANK_UPDATE(dva, CPU_KB, EVP, pw, (doph + (int64)i0 * EVP), nq)
+                RANK_UPDATE(dka, CPU_KB, EP, dsw, (qph + (int64)i0 * EP), nq)
+            }
         }
     }
 
@@ -349,6 +384,9 @@ KERNEL sdpa_cpu_bwd_dq(GLOBAL const float* RESTRICT q, GLOBAL const float* RESTR
         QK_TILE(s, CPU_QB, HEAD_DIM, qh, qo, kth, SP, kb)
         QK_TILE(dp, CPU_QB, HEAD_DIM_V, doh, oo, vth, SP, kb)
         const int nvalid = kend - kb < VW ? kend - kb : VW;
+        float16 chk = (float16)(0.0f);                 // non-finite k, v, q, dO or D: see sdpa_cpu_bwd_dkdv
+        for (int r = 0; r < CPU_QB; r++) chk += s[r] * 0.0f + dp[r] * 0.0f + (float16)(dr[r] * 0.0f);
+        const int nonfinite = any_nonfinite16(chk);
         for (int r = 0; r < CPU_QB; r++) {
             float16 x = s[r] * scale;
             if (has_mask) {
@@ -361,8 +399,15 @@ KERNEL sdpa_cpu_bwd_dq(GLOBAL const float* RESTRICT q, GLOBAL const float* RESTR
             // lse -inf (fully masked row, or past L), keys past kend, causally hidden keys: dS = 0
             if (lr[r] == NEG_INF) kill_lanes(dsw + r * VW, 0, 0, 0, 0, 0.0f);
             else if (nvalid < VW || (causal && kb + VW - 1 > i0 + r)) kill_lanes(dsw + r * VW, nvalid, causal, kb, i0 + r, 0.0f);
+            if (nonfinite) {
+                float pt[VW];
+                vstore16(p, 0, pt);
+                for (int t = 0; t < VW; t++)
+                    if (pt[t] == 0.0f) dsw[r * VW + t] = 0.0f;
+            }
         }
-        RANK_UPDATE(acc, CPU_QB, EP, dsw, (kph + (int64)kb * EP), nvalid)
+        if (nonfinite) { RANK_UPDATE_SKIP0(acc, CPU_QB, EP, dsw, (kph + (int64)kb * EP), nvalid) }
+        else { RANK_UPDATE(acc, CPU_QB, EP, dsw, (kph + (int64)kb * EP), nvalid) }
     }
 
     for (int r = 0; r < nrows; r++) {
