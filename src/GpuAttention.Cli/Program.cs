@@ -113,9 +113,7 @@ public static class Program
         WriteOutputs(o.OutDir!, outputs);
         if (o.Repeat is int r)
         {
-            times.Sort();
-            double median = times.Count % 2 == 1 ? times[times.Count / 2] : 0.5 * (times[times.Count / 2 - 1] + times[times.Count / 2]);
-            Console.Out.WriteLine(TimingJson(op.Name, device, median, times[0], r));
+            Console.Out.WriteLine(TimingJson(op.Name, device, Backends.Kernels.Tuning.Tuner.Median(times), times.Min(), r));
         }
         return 0;
     }

@@ -214,8 +214,8 @@ public class TuningTests
         // The gemm space with one more constraint: TK = 8 "does not fit" this device.
         var space = new TuningSpace
         {
-            Family = g.Family, Files = g.Files, Knobs = g.Knobs, Default = g.Default,
-            Invalid = (p, d) => p["TK"] == 8 ? "test: TK=8 does not fit" : g.Invalid(p, d),
+            Family = g.Family, Files = g.Files, Knobs = g.Knobs, DefaultOf = g.DefaultOf,
+            InvalidOf = (p, d, key) => p["TK"] == 8 ? "test: TK=8 does not fit" : g.InvalidOf(p, d, key),
         };
         var launched = new List<string>();
         var workload = new TuningWorkload(space, TuningSpace.AnyKey, "test", 2.0 * 40 * 40 * 40, "GFLOP/s",

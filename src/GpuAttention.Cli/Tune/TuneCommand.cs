@@ -110,10 +110,10 @@ internal static class TuneCommand
         foreach (var w in workloads)
         {
             var s = w.Space;
-            var order = s.CandidateOrder(be.Limits, out int invalid);
+            var order = s.CandidateOrder(be.Limits, out int invalid, w.Key);
             Console.Out.WriteLine();
             Console.Out.WriteLine($"{s.Family} [{w.Key}]: {w.Shape}; knobs {string.Join(", ", s.Knobs.Select(k => $"{k.Name}{(k.IsDefine ? "" : " (host)")} ∈ {{{string.Join(",", k.Values)}}}"))}");
-            Console.Out.WriteLine($"  default {s.Default(be.Limits)}; current {be.Tuned(s, w.Key)}; {order.Count} valid, {invalid} invalid on this device");
+            Console.Out.WriteLine($"  default {s.Default(be.Limits, w.Key)}; current {be.Tuned(s, w.Key)}; {order.Count} valid, {invalid} invalid on this device");
             Console.Out.WriteLine($"  first candidates: {string.Join(" | ", order.Take(5))}");
         }
         Console.Out.WriteLine();
@@ -159,7 +159,7 @@ internal static class TuneCommand
             var space = TuningSpaces.Find(e.Family);
             string state = space is null ? "unknown family"
                 : e.SourceHash != TuningCache.SourceHash(space) ? "stale"
-                : be is not null && space.Validate(TuningCache.ToParams(space, e.Params), be.Limits) is string why ? "invalid: " + why
+                : be is not null && space.Validate(TuningCache.ToParams(space, e.Params), be.Limits, e.Key) is string why ? "invalid: " + why
                 : "current";
             string p = space is null ? string.Join(" ", e.Params.Select(kv => $"{kv.Key}={kv.Value}")) : TuningCache.ToParams(space, e.Params).ToString();
             Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,

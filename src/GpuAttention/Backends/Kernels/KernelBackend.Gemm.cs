@@ -14,13 +14,13 @@ internal abstract partial class KernelBackend : IGemmBackend
         Family = "gemm",
         Files = ["gemm.cl"],
         Knobs = [new("TM", [16, 32, 64, 128]), new("TN", [16, 32, 64, 128]), new("TK", [8, 16, 32]), new("WM", [1, 2, 4, 8]), new("WN", [1, 2, 4, 8])],
-        Default = d =>
+        DefaultOf = (d, _) =>
         {
             int tm = d.IsGpu ? 64 : 32, wm = 4;
             while ((tm / wm) * (tm / wm) > d.MaxWorkGroupSize && tm > wm) tm /= 2;
             return TuningParams.Of(("TM", tm), ("TN", tm), ("TK", 16), ("WM", wm), ("WN", wm));
         },
-        Invalid = (p, d) =>
+        InvalidOf = (p, d, _) =>
         {
             int tm = p["TM"], tn = p["TN"], tk = p["TK"], wm = p["WM"], wn = p["WN"];
             if (tm % wm != 0 || tn % wn != 0) return "TM % WM and TN % WN must be 0";

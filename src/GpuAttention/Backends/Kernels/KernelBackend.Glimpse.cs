@@ -20,14 +20,14 @@ internal abstract partial class KernelBackend : IGlimpseBackend
         Family = "glimpse",
         Files = ["glimpse.cl"],
         Knobs = [new("TILE_M", [16, 32, 64]), new("TILE_N", [16, 32, 64]), new("TILE_K", [8, 16, 32, 64]), new("WPT_M", [1, 2, 4, 8]), new("WPT_N", [1, 2, 4, 8])],
-        Default = d =>
+        DefaultOf = (d, _) =>
         {
             bool gpu = d.IsGpu;
             int tile = 32, wpt = gpu ? 4 : 8, tk = gpu ? 16 : 32;
             while (tile > wpt && (tile / wpt) * (tile / wpt) > d.MaxWorkGroupSize) tile /= 2;
             return TuningParams.Of(("TILE_M", tile), ("TILE_N", tile), ("TILE_K", tk), ("WPT_M", wpt), ("WPT_N", wpt));
         },
-        Invalid = (p, d) =>
+        InvalidOf = (p, d, _) =>
         {
             int tm = p["TILE_M"], tn = p["TILE_N"], tk = p["TILE_K"], wm = p["WPT_M"], wn = p["WPT_N"];
             if (tm % wm != 0 || tn % wn != 0) return "TILE_M % WPT_M and TILE_N % WPT_N must be 0";

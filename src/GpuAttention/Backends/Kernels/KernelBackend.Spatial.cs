@@ -17,13 +17,13 @@ internal abstract partial class KernelBackend : ISpatialBackend
         Files = ["spatial.cl"],
         Knobs = [new("CB", [8, 16, 32, 64, 128]), new("TILE_P", [16, 32, 64, 128, 256]), new("WG_P", [16, 32, 64, 128, 256], IsDefine: false),
                  new("SCATTER_GROUPS", [4, 8, 16, 32, 64, 512], IsDefine: false)],
-        Default = d =>
+        DefaultOf = (d, _) =>
         {
             int g = Math.Min(64, PowerOfTwoAtMost(d.MaxWorkGroupSize)), tileP = 64;
             while (tileP > 16 && 4L * tileP * (8 + g) > d.LocalMemBytes) tileP /= 2;    // only on devices with under 18 KiB of local memory
             return TuningParams.Of(("CB", g), ("TILE_P", tileP), ("WG_P", g), ("SCATTER_GROUPS", d.IsGpu ? 512 : 16));
         },
-        Invalid = (p, d) =>
+        InvalidOf = (p, d, _) =>
         {
             if (p["CB"] > d.MaxWorkGroupSize) return $"CB={p["CB"]} > work-group limit {d.MaxWorkGroupSize}";
             if (p["WG_P"] > d.MaxWorkGroupSize) return $"WG_P={p["WG_P"]} > work-group limit {d.MaxWorkGroupSize}";

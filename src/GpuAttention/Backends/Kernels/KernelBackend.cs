@@ -145,7 +145,7 @@ internal abstract partial class KernelBackend : IBackend
     /// </summary>
     internal void SetTuningOverride(TuningSpace space, TuningParams? p, string key = TuningSpace.AnyKey)
     {
-        if (p is not null && space.Validate(p, Limits) is string why) throw new ArgumentException($"{space.Family}: {p}: {why}");
+        if (p is not null && space.Validate(p, Limits, key) is string why) throw new ArgumentException($"{space.Family}: {p}: {why}");
         if (p is null) _tuningOverrides.Remove((space.Family, key));
         else _tuningOverrides[(space.Family, key)] = p;
         _tuned.Clear();
@@ -175,7 +175,7 @@ internal abstract partial class KernelBackend : IBackend
         }
         p = _tuningFile is null ? null
             : TuningCache.Lookup(_tuningFile, TuningCache.PathFor(TuningIdentity), space, key, Limits, TuningWarning);
-        p ??= space.Default(Limits);
+        p ??= space.Default(Limits, key);
         _tuned[(space.Family, key)] = p;
         return p;
     }

@@ -36,7 +36,8 @@ internal sealed record TuningFamilyResult(TuningWorkload Workload, IReadOnlyList
 /// first checked against the reference (<see cref="TuningWorkload.Check"/>; a wrong or failing candidate is rejected and
 /// printed), then timed: one warm-up run (which also compiles it), then <c>repeats</c> runs timed with
 /// <see cref="Device.TimeMs"/> (device events where the backend has them, else host time around launch + synchronise); the
-/// median decides. The search stops when the time budget is spent (the default is always tried).
+/// median decides. The search stops when the time budget is spent (the default is always tried); then the fastest few and the
+/// default are timed again, interleaved, and that round's medians decide (<see cref="FinalRound"/>).
 /// </summary>
 internal static class Tuner
 {
@@ -45,13 +46,14 @@ internal static class Tuner
         var be = device.Backend as KernelBackend ?? throw new NotSupportedException($"{device.Spec}: only the opencl and cuda backends have kernels to tune");
         var space = w.Space;
         var limits = be.Limits;
-        var order = space.CandidateOrder(limits, out int invalid);
-        var def = space.Default(limits);
+        var order = space.CandidateOrder(limits, out int invalid, w.Key);
+        var def = space.Default(limits, w.Key);
         var results = new List<TuningCandidateResult>();
         var sw = Stopwatch.StartNew();
         log.WriteLine($"{space.Family} [{w.Key}] on {device.Spec} ({device.Name}): {w.Shape}; {order.Count} valid candidates ({invalid} invalid on this device skipped); budget {budgetSeconds:0.#} s");
         log.WriteLine($"  {"candidate",-56} {"median_ms",10} {"min_ms",10} {w.Unit,9}");
         TuningRun? run = null;
+        List<TuningCandidateResult>? finalists = null;
         try
         {
             run = w.Prepare(device);
@@ -76,13 +78,15 @@ internal static class Tuner
                     ? string.Create(CultureInfo.InvariantCulture, $"  {name,-56} {r.MedianMs,10:0.000} {r.MinMs,10:0.000} {r.Rate,9:0.00}")
                     : $"  {name,-56} REJECTED: {r.Rejected}");
             }
+            (results, finalists) = FinalRound(device, be, w, run, results, repeats, log);
         }
         finally
         {
             be.SetTuningOverride(space, null, w.Key);
             run?.Dispose();
         }
-        var winner = results.Where(r => r.Accepted).MinBy(r => r.MedianMs);
+        // After a final round only its times compare fairly (same conditions): the winner is the fastest finalist.
+        var winner = (finalists ?? results).Where(r => r.Accepted).MinBy(r => r.MedianMs);
         var dres = results.FirstOrDefault(r => r.IsDefault);
         var res = new TuningFamilyResult(w, results, order.Count, invalid, winner, dres, sw.Elapsed.TotalSeconds);
         if (winner is null) log.WriteLine($"  no candidate passed; nothing stored for {space.Family}");
@@ -94,6 +98,52 @@ internal static class Tuner
                 winner.Params, winner.MedianMs, winner.Rate, w.Unit, vsDefault, results.Count, order.Count, sw.Elapsed.TotalSeconds));
         }
         return res;
+    }
+
+    /// <summary>The median of <paramref name="times"/> (the mean of the middle two for an even count); also the CLI's `--repeat`.</summary>
+    internal static double Median(IEnumerable<double> times)
+    {
+        var t = times.Order().ToArray();
+        return t.Length % 2 == 1 ? t[t.Length / 2] : 0.5 * (t[t.Length / 2 - 1] + t[t.Length / 2]);
+    }
+
+    /// <summary>How many of the fastest candidates the final round times again (beside the default).</summary>
+    private const int Finalists = 3;
+
+    /// <summary>
+    /// Against the winner's curse on a noisy machine: the fastest few candidates and the default are timed again, interleaved
+    /// (one run of each in turn, <paramref name="repeats"/> rounds), and their medians of that round replace the search's;
+    /// the winner is chosen among them only.
+    /// It runs after the budget (at most 4 × repeats runs of candidates already compiled and checked).
+    /// </summary>
+    private static (List<TuningCandidateResult> All, List<TuningCandidateResult>? Finalists) FinalRound(Device device, KernelBackend be, TuningWorkload w, TuningRun run,
+        List<TuningCandidateResult> results, int repeats, TextWriter log)
+    {
+        var finalists = results.Where(r => r.Accepted).OrderBy(r => r.MedianMs).Take(Finalists)
+            .Concat(results.Where(r => r.Accepted && r.IsDefault)).Distinct().ToList();
+        if (finalists.Count < 2) return (results, null);
+        var times = finalists.Select(_ => new List<double>()).ToList();
+        for (int round = 0; round < repeats; round++)
+            for (int i = 0; i < finalists.Count; i++)
+            {
+                be.SetTuningOverride(w.Space, finalists[i].Params, w.Key);
+                run.Launch();                           // one untimed run after switching (caches, first-launch costs)
+                device.Synchronize();
+                times[i].Add(device.TimeMs(run.Launch));
+            }
+        log.WriteLine($"  final round: the {finalists.Count} best (default included) again, interleaved, {repeats} runs each");
+        var updated = new List<TuningCandidateResult>(results);
+        var timed = new List<TuningCandidateResult>();
+        for (int i = 0; i < finalists.Count; i++)
+        {
+            double median = Median(times[i]);
+            var f = finalists[i] with { MedianMs = median, MinMs = times[i].Min(), Rate = w.Rate(median) };
+            updated[updated.IndexOf(finalists[i])] = f;
+            timed.Add(f);
+            string name = f.Params + (f.IsDefault ? " (default)" : "");
+            log.WriteLine(string.Create(CultureInfo.InvariantCulture, $"  {name,-56} {f.MedianMs,10:0.000} {f.MinMs,10:0.000} {f.Rate,9:0.00}"));
+        }
+        return (updated, timed);
     }
 
     private static TuningCandidateResult TryCandidate(Device device, KernelBackend be, TuningWorkload w, TuningRun run, TuningParams p, bool isDefault, int repeats)
@@ -108,9 +158,8 @@ internal static class Tuner
             device.Synchronize();
             var times = new double[repeats];
             for (int i = 0; i < repeats; i++) times[i] = device.TimeMs(run.Launch);
-            Array.Sort(times);
-            double median = repeats % 2 == 1 ? times[repeats / 2] : 0.5 * (times[repeats / 2 - 1] + times[repeats / 2]);
-            return new(p, isDefault, median, times[0], w.Rate(median), null);
+            double median = Median(times);
+            return new(p, isDefault, median, times.Min(), w.Rate(median), null);
         }
         catch (Exception e) when (e is not OutOfMemoryException and not ObjectDisposedException)
         {

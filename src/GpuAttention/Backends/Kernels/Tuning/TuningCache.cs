@@ -200,7 +200,7 @@ internal static class TuningCache
             return null;
         }
         var p = ToParams(space, e.Params);
-        string? why = space.Validate(p, limits);
+        string? why = space.Validate(p, limits, key);
         if (why is not null)
         {
             warn($"tuning cache {path}: the {space.Family} entry ({p}) is not valid on this device ({why}); using the built-in defaults");

@@ -9,16 +9,33 @@ internal sealed record TuningKnob(string Name, int[] Values, bool IsDefine = tru
 /// <summary>
 /// The declared parameter space of one op family (CLBlast style): its knobs with candidate values, the built-in default for a
 /// device (what the host code chose before tuning existed), and the validity constraints a candidate must meet on a device
-/// (work-group size, local memory, divisibility). A parameter set is a knob name → value map over every knob.
+/// (work-group size, local memory, divisibility); both may depend on the key (e.g. SDPA's head dims). A parameter set is a knob name → value map over every knob.
 /// <para>
 /// <b>Registering a family</b> (e.g. SDPA later) takes a few lines: declare a static <see cref="TuningSpace"/> beside the family's
-/// define-choosing code in <c>KernelBackend.&lt;Family&gt;.cs</c> (knobs = its <c>#ifndef</c> defines, <see cref="Default"/> = the
-/// current choice, <see cref="Invalid"/> = its limits), make that code take its values from
+/// define-choosing code in <c>KernelBackend.&lt;Family&gt;.cs</c> (knobs = its <c>#ifndef</c> defines, <see cref="DefaultOf"/> = the
+/// current choice, <see cref="InvalidOf"/> = its limits), make that code take its values from
 /// <see cref="KernelBackend.Tuned"/>(space, key) instead of the fixed choice, add the space to <see cref="TuningSpaces.All"/>, and add
 /// a <see cref="TuningWorkload"/> (representative shape, reference check, work per run) to <c>Tuning/TuningWorkloads.cs</c>.
 /// Results are stored per <em>key</em>: a family whose best tiles depend on a shape class (SDPA: the head dim) tunes one workload
 /// per key ("E64", "E128", ...) and passes the key of the call's shape to <see cref="KernelBackend.Tuned"/>; the others use
 /// <see cref="AnyKey"/>.
+/// </para>
+/// <para>
+/// SDPA, for example (not registered yet: its kernels are being rewritten), would be in <c>KernelBackend.Sdpa.cs</c>:
+/// <code>
+/// internal static TuningSpace SdpaTuning { get; } = new()
+/// {
+///     Family = "sdpa", Files = ["sdpa.cl"],
+///     Knobs = [new("BLOCK_M", [16, 32, 64]), new("BLOCK_N", [16, 32, 64, 128])],
+///     // key "E{e}_{ev}": the head dims, which the tiles' local memory and the built-in choice depend on
+///     DefaultOf = (d, key) => { var (e, ev) = ParseKey(key); var (m, n, _) = SdpaConfig(e, ev, d); return TuningParams.Of(("BLOCK_M", m), ("BLOCK_N", n)); },
+///     InvalidOf = (p, d, key) => p["BLOCK_M"] > d.MaxWorkGroupSize ? "work-group too large" : /* K/V tile bytes for the key's head dims vs d.LocalMemBytes */ null,
+/// };
+/// // in SdpaConfig(e, ev): var p = Tuned(SdpaTuning, $"E{e}_{ev}"); BLOCK_M / BLOCK_N from p (SdpaShippedConfigs stays on the defaults)
+/// </code>
+/// and in <c>TuningWorkloads</c> one workload per key, e.g. <c>new(KernelBackend.SdpaTuning, "E64_64", "B1 H8 L=S=1024 E64", 4.0 * 8 * 1024 * 1024 * 64,
+/// "GFLOP/s", prepare, check)</c> with a check against <c>ReferenceOps.SdpaForward</c> / <c>SdpaBackward</c> on odd L, S. The
+/// `tune --op` words come from <see cref="Family"/>; the cache, the CLI, the validation and the tests need no change.
 /// </para>
 /// </summary>
 internal sealed class TuningSpace
@@ -31,17 +48,20 @@ internal sealed class TuningSpace
     /// <summary>Kernel files whose source a result depends on: a cached result is stale when their text changed.</summary>
     public required string[] Files { get; init; }
     public required TuningKnob[] Knobs { get; init; }
-    /// <summary>The built-in choice on a device (used when nothing valid is cached).</summary>
-    public required Func<KernelDeviceLimits, TuningParams> Default { get; init; }
-    /// <summary>Why a complete parameter set cannot run on a device (work-group size, local memory, ...), or null when it can.</summary>
-    public required Func<TuningParams, KernelDeviceLimits, string?> Invalid { get; init; }
+    /// <summary>The built-in choice on a device for a key (used when nothing valid is cached).</summary>
+    public required Func<KernelDeviceLimits, string, TuningParams> DefaultOf { get; init; }
+    /// <summary>Why a complete parameter set cannot run on a device for a key (work-group size, local memory, ...), or null when it can.</summary>
+    public required Func<TuningParams, KernelDeviceLimits, string, string?> InvalidOf { get; init; }
+
+    /// <summary>The built-in choice on <paramref name="d"/> for shapes of <paramref name="key"/>.</summary>
+    public TuningParams Default(KernelDeviceLimits d, string key = AnyKey) => DefaultOf(d, key);
 
     /// <summary>
     /// Why <paramref name="p"/> is not a valid point of this space on <paramref name="d"/>, or null: every knob present with one
-    /// of its declared values, no unknown knob, and <see cref="Invalid"/> satisfied. Only declared values can appear, so every
+    /// of its declared values, no unknown knob, and <see cref="InvalidOf"/> satisfied. Only declared values can appear, so every
     /// configuration a cached winner can produce is one the tuner compiled and checked on this device.
     /// </summary>
-    public string? Validate(TuningParams p, KernelDeviceLimits d)
+    public string? Validate(TuningParams p, KernelDeviceLimits d, string key = AnyKey)
     {
         foreach (var k in Knobs)
         {
@@ -50,7 +70,7 @@ internal sealed class TuningSpace
         }
         foreach (var name in p.Names)
             if (!Knobs.Any(k => k.Name == name)) return $"unknown knob {name}";
-        return Invalid(p, d);
+        return InvalidOf(p, d, key);
     }
 
     /// <summary>Every point of the space (the Cartesian product of the knobs' values), valid or not, in declaration order.</summary>
@@ -69,17 +89,17 @@ internal sealed class TuningSpace
     /// The order the tuner tries candidates in: the default first, then its neighbours (one knob changed), then the rest in a
     /// fixed pseudo-random order (seeded, so runs repeat), valid points only. A time budget cuts this list short.
     /// </summary>
-    public List<TuningParams> CandidateOrder(KernelDeviceLimits d, out int invalid)
+    public List<TuningParams> CandidateOrder(KernelDeviceLimits d, out int invalid, string key = AnyKey)
     {
-        var def = Default(d);
+        var def = Default(d, key);
         var all = AllPoints().ToList();
-        var valid = all.Where(p => Validate(p, d) is null).ToList();
+        var valid = all.Where(p => Validate(p, d, key) is null).ToList();
         invalid = all.Count - valid.Count;
         var rng = new Random(12345);
         var rest = valid.Where(p => !p.Equals(def)).Select(p => (p, n: Knobs.Count(k => p[k.Name] != def[k.Name]), r: rng.Next()))
             .OrderBy(t => t.n == 1 ? 0 : 1).ThenBy(t => t.r).Select(t => t.p);
         var order = new List<TuningParams>();
-        if (Validate(def, d) is null) order.Add(def);
+        if (Validate(def, d, key) is null) order.Add(def);
         order.AddRange(rest);
         return order;
     }
