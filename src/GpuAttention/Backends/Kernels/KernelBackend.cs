@@ -151,14 +151,6 @@ internal abstract partial class KernelBackend : IBackend
         _tuned.Clear();
     }
 
-    /// <summary>Drops what was read from the tuning cache, so the next choice reads the file again (after `tune` wrote it).</summary>
-    internal void ReloadTuningCache()
-    {
-        _tuningLoaded = false;
-        _tuningFile = null;
-        _tuned.Clear();
-    }
-
     /// <summary>
     /// The knob values <paramref name="space"/>'s define-choosing code uses on this device for shapes of <paramref name="key"/>:
     /// a tuner override, else the cached winner when the cache holds a valid, current one, else the built-in default. The cache
