@@ -14,9 +14,14 @@ public static class Program
           gpuattention verify [--backend BACKEND] [--seed N] [--only OP,...]
           gpuattention demo [--backend B] [--image PATH] [--out DIR]
           gpuattention soak [--backend BACKEND] (--minutes N | --iterations N) [--interval S] [--case TEXT] [--skip TEXT] | --list
+          gpuattention tune --backend opencl[:K]|cuda[:K] [--op gemm,grid-sample,glimpse] [--budget SECONDS] [--repeat N] [--dry-run]
+          gpuattention tune --show [--backend BACKEND]
         OP: {0}
         BACKEND: cpu | opencl[:K] | cuda[:K] | auto
         options: --causal --scale X --size H,W --align-corners --mode bilinear|nearest --padding zeros|border|reflection --atomic
+        tune: searches the kernels' tile sizes (-D defines) and work-group sizes on the device; every candidate is checked against
+          the reference, then timed (median); the winners go to a per-device cache that the backend reads when it opens:
+          $GPUATTENTION_TUNING_DIR, else $XDG_CACHE_HOME/gpuattention/tuning, else ~/.cache/gpuattention/tuning (default budget 120 s).
         """;
 
     /// <summary>Every op of `run`, by name.</summary>
@@ -48,7 +53,8 @@ public static class Program
                 "demo" => DemoCommand.Run(args[1..]),
                 "verify" => Verify.VerifyCommand.Run(args.AsSpan(1)),
                 "soak" => Soak.SoakCommand.Run(args.AsSpan(1)),
-                _ => throw new UsageException($"unknown command '{args[0]}' (expected run, devices, verify, demo or soak)"),
+                "tune" => Tune.TuneCommand.Run(args.AsSpan(1)),
+                _ => throw new UsageException($"unknown command '{args[0]}' (expected run, devices, verify, demo, soak or tune)"),
             };
         }
         catch (UsageException e) { return Fail(2, e.Message + "\n" + UsageText()); }
@@ -73,6 +79,9 @@ public static class Program
     {
         foreach (var d in Device.Probe())
             Console.Out.WriteLine(d.Available ? $"{d.Spec,-10} {d.Name}" : $"{d.Spec,-10} (missing) {d.Reason}");
+        string dir = Backends.Kernels.Tuning.TuningCache.Directory;
+        int files = Directory.Exists(dir) ? Directory.GetFiles(dir, "*.json").Length : 0;
+        Console.Out.WriteLine($"tuning cache: {dir} ({files} device file{(files == 1 ? "" : "s")}; `gpuattention tune --show` prints them)");
         return 0;
     }
 
@@ -104,9 +113,7 @@ public static class Program
         WriteOutputs(o.OutDir!, outputs);
         if (o.Repeat is int r)
         {
-            times.Sort();
-            double median = times.Count % 2 == 1 ? times[times.Count / 2] : 0.5 * (times[times.Count / 2 - 1] + times[times.Count / 2]);
-            Console.Out.WriteLine(TimingJson(op.Name, device, median, times[0], r));
+            Console.Out.WriteLine(TimingJson(op.Name, device, Backends.Kernels.Tuning.Tuner.Median(times), times.Min(), r));
         }
         return 0;
     }

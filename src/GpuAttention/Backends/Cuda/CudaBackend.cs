@@ -1,6 +1,7 @@
 using System.Text;
 using GpuAttention.Backends.Cuda.Native;
 using GpuAttention.Backends.Kernels;
+using GpuAttention.Backends.Kernels.Tuning;
 
 namespace GpuAttention.Backends.Cuda;
 
@@ -68,6 +69,9 @@ internal sealed unsafe class CudaBackend : KernelBackend, IDeviceTimer
 
     /// <summary>What Enumerate reported for this device.</summary>
     public CudaDeviceInfo Info { get; }
+
+    public override TuningDeviceIdentity TuningIdentity =>
+        new("cuda", $"CUDA sm_{Info.ComputeCapability}", Info.Name, Cu.DriverVersion());
 
     /// <summary>The virtual architecture the kernels are compiled for (compute_XY as XY).</summary>
     public int Arch => _arch;

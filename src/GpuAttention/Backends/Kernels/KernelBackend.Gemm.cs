@@ -1,17 +1,45 @@
+using GpuAttention.Backends.Kernels.Tuning;
+
 namespace GpuAttention.Backends.Kernels;
 
 internal abstract partial class KernelBackend : IGemmBackend
 {
-    /// <summary>Tile sizes and -D defines of kernels/gemm.cl: a 64×64 tile per work-group of 16×16 work-items with 4×4 outputs each
-    /// on GPUs; 32×32 (8×8 work-items) on CPU devices such as PoCL, where fewer, fatter work-items are cheaper.</summary>
-    internal (int TM, int TN, int WM, int WN, string Defines) GemmConfig(bool transA, bool transB) => GemmConfig(transA, transB, Limits);
-
-    internal static (int TM, int TN, int WM, int WN, string Defines) GemmConfig(bool transA, bool transB, KernelDeviceLimits d)
+    /// <summary>
+    /// Tuning space of kernels/gemm.cl (tile TM × TN per work-group, TK deep slices, WM × WN outputs per work-item). Default: a
+    /// 64×64 tile per work-group of 16×16 work-items with 4×4 outputs each on GPUs; 32×32 (8×8 work-items) on CPU devices such as
+    /// PoCL, where fewer, fatter work-items are cheaper; halved while the work-group would exceed the device's limit.
+    /// </summary>
+    internal static TuningSpace GemmTuning { get; } = new()
     {
-        int tm = d.IsGpu ? 64 : 32, tn = tm, wm = 4, wn = 4, tk = 16;
-        while ((tm / wm) * (tn / wn) > d.MaxWorkGroupSize && tm > wm) { tm /= 2; tn /= 2; }
-        return (tm, tn, wm, wn, $"-DTM={tm} -DTN={tn} -DTK={tk} -DWM={wm} -DWN={wn} -DTRANS_A={(transA ? 1 : 0)} -DTRANS_B={(transB ? 1 : 0)}");
-    }
+        Family = "gemm",
+        Files = ["gemm.cl"],
+        Knobs = [new("TM", [16, 32, 64, 128]), new("TN", [16, 32, 64, 128]), new("TK", [8, 16, 32]), new("WM", [1, 2, 4, 8]), new("WN", [1, 2, 4, 8])],
+        DefaultOf = (d, _) =>
+        {
+            int tm = d.IsGpu ? 64 : 32, wm = 4;
+            while ((tm / wm) * (tm / wm) > d.MaxWorkGroupSize && tm > wm) tm /= 2;
+            return TuningParams.Of(("TM", tm), ("TN", tm), ("TK", 16), ("WM", wm), ("WN", wm));
+        },
+        InvalidOf = (p, d, _) =>
+        {
+            int tm = p["TM"], tn = p["TN"], tk = p["TK"], wm = p["WM"], wn = p["WN"];
+            if (tm % wm != 0 || tn % wn != 0) return "TM % WM and TN % WN must be 0";
+            int threads = (tm / wm) * (tn / wn);
+            if (threads > d.MaxWorkGroupSize) return $"work-group of {threads} > {d.MaxWorkGroupSize}";
+            if (wm * wn > 64) return $"{wm * wn} accumulators per work-item (at most 64)";
+            long local = 4L * tk * (tm + tn);
+            return local > d.LocalMemBytes ? $"{local} B of local memory > {d.LocalMemBytes}" : null;
+        },
+    };
+
+    /// <summary>Tile sizes and -D defines of kernels/gemm.cl on this device: the tuned winner if cached, else the default of <see cref="GemmTuning"/>.</summary>
+    internal (int TM, int TN, int WM, int WN, string Defines) GemmConfig(bool transA, bool transB) => GemmConfig(transA, transB, Tuned(GemmTuning));
+
+    internal static (int TM, int TN, int WM, int WN, string Defines) GemmConfig(bool transA, bool transB, KernelDeviceLimits d) =>
+        GemmConfig(transA, transB, GemmTuning.Default(d));
+
+    private static (int TM, int TN, int WM, int WN, string Defines) GemmConfig(bool transA, bool transB, TuningParams p) =>
+        (p["TM"], p["TN"], p["WM"], p["WN"], $"{GemmTuning.Defines(p)} -DTRANS_A={(transA ? 1 : 0)} -DTRANS_B={(transB ? 1 : 0)}");
 
     /// <summary>The gemm.cl configurations (every transpose pair) for the compile checks.</summary>
     private static IEnumerable<KernelConfig> GemmShippedConfigs(KernelDeviceLimits d) =>

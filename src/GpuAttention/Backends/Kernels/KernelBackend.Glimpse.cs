@@ -1,3 +1,5 @@
+using GpuAttention.Backends.Kernels.Tuning;
+
 namespace GpuAttention.Backends.Kernels;
 
 internal abstract partial class KernelBackend : IGlimpseBackend
@@ -7,21 +9,46 @@ internal abstract partial class KernelBackend : IGlimpseBackend
     /// <summary>Tests set this to run the GPU tile choice on a CPU OpenCL device (null: by <see cref="IsGpu"/>).</summary>
     internal bool? GlimpseGpuTiles { get; set; }
 
-    /// <summary>Tile defines of kernels/glimpse.cl's GEMM for this device (see the comment inside for the measured choice).</summary>
-    internal (int WgN, int WgM, int TileM, int TileN, string Defines) GlimpseGemmConfig() =>
-        GlimpseGemmConfig(Limits with { IsGpu = GlimpseGpuTiles ?? IsGpu });
-
-    internal static (int WgN, int WgM, int TileM, int TileN, string Defines) GlimpseGemmConfig(KernelDeviceLimits d)
+    /// <summary>
+    /// Tuning space of kernels/glimpse.cl's GEMM (TILE_M × TILE_N output tile, TILE_K deep slices, WPT_M × WPT_N outputs per
+    /// work-item). Default on GPUs: 32×32 tiles, 4×4 outputs per work-item (64 work-items), K tiles of 16. On CPU devices
+    /// (PoCL): 32×32 tiles, 8×8 outputs per work-item (16 work-items), K tiles of 32, measured 4× faster on PoCL than the GPU
+    /// choice (N16 C16 128×128 → 32×32: 44 vs 171 ms CPU time per forward); PoCL prefers few, fat work-items.
+    /// </summary>
+    internal static TuningSpace GlimpseTuning { get; } = new()
     {
-        // GPUs: 32×32 tiles, 4×4 outputs per work-item (64 work-items), K tiles of 16.
-        // CPU devices (PoCL): 32×32 tiles, 8×8 outputs per work-item (16 work-items), K tiles of 32 — measured 4× faster on
-        // PoCL than the GPU choice (N16 C16 128×128 → 32×32: 44 vs 171 ms CPU time per forward); PoCL prefers few, fat work-items.
-        bool gpu = d.IsGpu;
-        int tile = 32, wpt = gpu ? 4 : 8, tk = gpu ? 16 : 32;
-        while (tile > wpt && (tile / wpt) * (tile / wpt) > d.MaxWorkGroupSize) tile /= 2;
-        return (tile / wpt, tile / wpt, tile, tile,
-            $"-DTILE_M={tile} -DTILE_N={tile} -DTILE_K={tk} -DWPT_M={wpt} -DWPT_N={wpt} -DREDUCE_WG={GlimpseReduceWg}");
-    }
+        Family = "glimpse",
+        Files = ["glimpse.cl"],
+        Knobs = [new("TILE_M", [16, 32, 64]), new("TILE_N", [16, 32, 64]), new("TILE_K", [8, 16, 32, 64]), new("WPT_M", [1, 2, 4, 8]), new("WPT_N", [1, 2, 4, 8])],
+        DefaultOf = (d, _) =>
+        {
+            bool gpu = d.IsGpu;
+            int tile = 32, wpt = gpu ? 4 : 8, tk = gpu ? 16 : 32;
+            while (tile > wpt && (tile / wpt) * (tile / wpt) > d.MaxWorkGroupSize) tile /= 2;
+            return TuningParams.Of(("TILE_M", tile), ("TILE_N", tile), ("TILE_K", tk), ("WPT_M", wpt), ("WPT_N", wpt));
+        },
+        InvalidOf = (p, d, _) =>
+        {
+            int tm = p["TILE_M"], tn = p["TILE_N"], tk = p["TILE_K"], wm = p["WPT_M"], wn = p["WPT_N"];
+            if (tm % wm != 0 || tn % wn != 0) return "TILE_M % WPT_M and TILE_N % WPT_N must be 0";
+            int threads = (tm / wm) * (tn / wn);
+            if (threads > d.MaxWorkGroupSize) return $"work-group of {threads} > {d.MaxWorkGroupSize}";
+            if (wm * wn > 64) return $"{wm * wn} accumulators per work-item (at most 64)";
+            long local = 4L * tk * (tm + tn);
+            return local > d.LocalMemBytes ? $"{local} B of local memory > {d.LocalMemBytes}" : null;
+        },
+    };
+
+    /// <summary>Tile defines of kernels/glimpse.cl's GEMM for this device: the tuned winner if cached, else the default of
+    /// <see cref="GlimpseTuning"/> (with <see cref="GlimpseGpuTiles"/> set: that kind's default, ignoring the cache).</summary>
+    internal (int WgN, int WgM, int TileM, int TileN, string Defines) GlimpseGemmConfig() =>
+        GlimpseGemmConfig(GlimpseGpuTiles is bool gpu ? GlimpseTuning.Default(Limits with { IsGpu = gpu }) : Tuned(GlimpseTuning));
+
+    internal static (int WgN, int WgM, int TileM, int TileN, string Defines) GlimpseGemmConfig(KernelDeviceLimits d) =>
+        GlimpseGemmConfig(GlimpseTuning.Default(d));
+
+    private static (int WgN, int WgM, int TileM, int TileN, string Defines) GlimpseGemmConfig(TuningParams p) =>
+        (p["TILE_N"] / p["WPT_N"], p["TILE_M"] / p["WPT_M"], p["TILE_M"], p["TILE_N"], $"{GlimpseTuning.Defines(p)} -DREDUCE_WG={GlimpseReduceWg}");
 
     /// <summary>The glimpse.cl configurations for the compile checks: the device's own tiles and the other kind's.</summary>
     private static IEnumerable<KernelConfig> GlimpseShippedConfigs(KernelDeviceLimits d) =>

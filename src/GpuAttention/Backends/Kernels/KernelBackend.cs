@@ -1,3 +1,5 @@
+using GpuAttention.Backends.Kernels.Tuning;
+
 namespace GpuAttention.Backends.Kernels;
 
 /// <summary>Kind of a kernel argument.</summary>
@@ -123,6 +125,59 @@ internal abstract partial class KernelBackend : IBackend
     {
         foreach (var b in _scratch.Values) b.Dispose();
         _scratch.Clear();
+    }
+
+    // ---------------- tuning (see Tuning/TuningSpace.cs) ----------------
+
+    /// <summary>Who tuning results of this device belong to (backend, platform, device name, driver version).</summary>
+    public abstract TuningDeviceIdentity TuningIdentity { get; }
+
+    private bool _tuningLoaded;
+    private TuningCacheFile? _tuningFile;
+    private readonly Dictionary<(string Family, string Key), TuningParams> _tuned = new();
+    private readonly Dictionary<(string Family, string Key), TuningParams> _tuningOverrides = new();
+
+    /// <summary>The warnings this backend gave about its tuning cache (also sent to <see cref="TuningCache.Warn"/>).</summary>
+    internal List<string> TuningWarnings { get; } = [];
+
+    /// <summary>
+    /// Forces <paramref name="p"/> for <paramref name="space"/> and <paramref name="key"/> (null: back to cache / default). The tuner
+    /// runs each candidate through the ordinary op entry points this way; tests use it too. The values must be valid on this device.
+    /// </summary>
+    internal void SetTuningOverride(TuningSpace space, TuningParams? p, string key = TuningSpace.AnyKey)
+    {
+        if (p is not null && space.Validate(p, Limits, key) is string why) throw new ArgumentException($"{space.Family}: {p}: {why}");
+        if (p is null) _tuningOverrides.Remove((space.Family, key));
+        else _tuningOverrides[(space.Family, key)] = p;
+        _tuned.Clear();
+    }
+
+    /// <summary>
+    /// The knob values <paramref name="space"/>'s define-choosing code uses on this device for shapes of <paramref name="key"/>:
+    /// a tuner override, else the cached winner when the cache holds a valid, current one, else the built-in default. The cache
+    /// file is read at the first call (lazily) and every result is memoised.
+    /// </summary>
+    internal TuningParams Tuned(TuningSpace space, string key = TuningSpace.AnyKey)
+    {
+        if (_tuningOverrides.TryGetValue((space.Family, key), out var o)) return o;
+        if (_tuned.TryGetValue((space.Family, key), out var p)) return p;
+        if (!_tuningLoaded)
+        {
+            _tuningLoaded = true;
+            _tuningFile = TuningCache.Load(TuningIdentity, TuningWarning);
+        }
+        p = _tuningFile is null ? null
+            : TuningCache.Lookup(_tuningFile, TuningCache.PathFor(TuningIdentity), space, key, Limits, TuningWarning);
+        p ??= space.Default(Limits, key);
+        _tuned[(space.Family, key)] = p;
+        return p;
+    }
+
+    private void TuningWarning(string message)
+    {
+        if (TuningWarnings.Contains(message)) return;
+        TuningWarnings.Add(message);
+        TuningCache.Warn(message);
     }
 
     /// <summary>Rounds <paramref name="n"/> up to a multiple of <paramref name="m"/>.</summary>

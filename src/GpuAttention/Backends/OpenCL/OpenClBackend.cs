@@ -1,4 +1,5 @@
 using GpuAttention.Backends.Kernels;
+using GpuAttention.Backends.Kernels.Tuning;
 using GpuAttention.Backends.OpenCL.Native;
 
 namespace GpuAttention.Backends.OpenCL;
@@ -44,7 +45,10 @@ internal sealed unsafe partial class OpenClBackend : KernelBackend
         MaxWorkGroupSize = (int)Cl.DeviceValue<nuint>(device, Cl.CL_DEVICE_MAX_WORK_GROUP_SIZE);
         LocalMemBytes = (long)Cl.DeviceValue<ulong>(device, Cl.CL_DEVICE_LOCAL_MEM_SIZE);
         Programs = new ProgramCache(_context, device);
+        TuningIdentity = new TuningDeviceIdentity("opencl", info.Platform, info.Name, Cl.DeviceString(device, Cl.CL_DRIVER_VERSION));
     }
+
+    public override TuningDeviceIdentity TuningIdentity { get; }
 
     /// <summary>What Enumerate reported for this device.</summary>
     public OpenClDeviceInfo Info { get; }

@@ -42,6 +42,9 @@ internal sealed unsafe class ProgramCache : IDisposable
     /// <summary>Number of programs compiled so far (for tests and diagnostics).</summary>
     public int ProgramCount { get { lock (_lock) return _programs.Count; } }
 
+    /// <summary>Whether kernels/<paramref name="file"/> was built with exactly <paramref name="defines"/> (for tests: what the host launched).</summary>
+    public bool Contains(string file, string defines) { lock (_lock) return _programs.ContainsKey((file, defines)); }
+
     /// <summary>The kernel <paramref name="kernel"/> of kernels/<paramref name="file"/> built with <paramref name="defines"/> (e.g. "-DHEAD_DIM=64").</summary>
     public ClKernel Kernel(string file, string defines, string kernel)
     {

@@ -57,6 +57,7 @@ internal static unsafe partial class Cl
     public const uint CL_DEVICE_NAME = 0x102B;
     public const uint CL_DEVICE_VENDOR = 0x102C;
     public const uint CL_DEVICE_VERSION = 0x102F;
+    public const uint CL_DRIVER_VERSION = 0x102D;
 
     public const ulong CL_MEM_READ_WRITE = 1 << 0;
     public const uint CL_PROGRAM_BUILD_LOG = 0x1183;
