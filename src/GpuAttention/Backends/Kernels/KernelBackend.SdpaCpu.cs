@@ -1,3 +1,5 @@
+using GpuAttention.Backends.Kernels.Tuning;
+
 namespace GpuAttention.Backends.Kernels;
 
 /// <summary>Which SDPA kernels a kernel backend runs.</summary>
@@ -45,17 +47,38 @@ internal abstract partial class KernelBackend
 
     private const int CpuVec = 16;
 
-    /// <summary>The rows per work-item (CPU_QB for the forward and dQ, CPU_KB for dK/dV) and the -D defines of sdpa_cpu.cl for head dims (e, ev).
-    /// The one place their defaults are chosen (a tuner may replace them).</summary>
-    internal (int Qb, int Kb, string Defines) SdpaCpuConfig(int e, int ev) =>
-        SdpaCpuBlockOverride is { } o ? (o.Qb, o.Kb, SdpaCpuDefines(e, ev, o.Qb, o.Kb)) : SdpaCpuConfig(e, ev, Limits);
+    /// <summary>
+    /// Tuning space of kernels/sdpa_cpu.cl (the PoCL kernels): CPU_QB query rows per work-item of the forward and dQ, CPU_KB keys
+    /// per work-item of dK/dV. Results are keyed by the head dims ("E64_64"), which size the per-work-item accumulators. The
+    /// default, measured on PoCL 3.1 on a 2-core AVX-512 Xeon at E = 64 (noisy machine): 16 keys per dK/dV work-item beat 8; 8
+    /// and 16 query rows were within the noise. GPUs run sdpa.cl / sdpa_backward.cl (<see cref="TuningSpace.NotUsedOn"/>).
+    /// </summary>
+    internal static TuningSpace SdpaCpuTuning { get; } = new()
+    {
+        Family = "sdpa",
+        Files = ["sdpa_cpu.cl", "sdpa_backward.cl"],
+        Knobs = [new("CPU_QB", [4, 8, 16]), new("CPU_KB", [8, 16, 32])],
+        DefaultOf = (_, _) => TuningParams.Of(("CPU_QB", 8), ("CPU_KB", 16)),
+        InvalidOf = (_, _, _) => null,
+        NotUsedOn = d => d.IsGpu ? "GPUs run sdpa.cl / sdpa_backward.cl, whose tiles are not tunable yet; sdpa_cpu.cl is for CPU OpenCL devices" : null,
+    };
+
+    /// <summary>The tuning key of head dims (e, ev), e.g. "E64_64".</summary>
+    internal static string SdpaTuningKey(int e, int ev) => $"E{e}_{ev}";
+
+    /// <summary>The rows per work-item (CPU_QB for the forward and dQ, CPU_KB for dK/dV) and the -D defines of sdpa_cpu.cl for head
+    /// dims (e, ev): a test override, else the tuned winner for the head dims if cached, else the default of <see cref="SdpaCpuTuning"/>.</summary>
+    internal (int Qb, int Kb, string Defines) SdpaCpuConfig(int e, int ev)
+    {
+        if (SdpaCpuBlockOverride is { } o) return (o.Qb, o.Kb, SdpaCpuDefines(e, ev, o.Qb, o.Kb));
+        var p = Tuned(SdpaCpuTuning, SdpaTuningKey(e, ev));
+        return (p["CPU_QB"], p["CPU_KB"], SdpaCpuDefines(e, ev, p["CPU_QB"], p["CPU_KB"]));
+    }
 
     internal static (int Qb, int Kb, string Defines) SdpaCpuConfig(int e, int ev, KernelDeviceLimits d)
     {
-        // Measured on PoCL 3.1, 2-core AVX-512 Xeon, E = 64 (noisy machine): 16 keys per dK/dV work-item beat 8; 8 and 16
-        // query rows were within the noise.
-        int qb = 8, kb = 16;
-        return (qb, kb, SdpaCpuDefines(e, ev, qb, kb));
+        var p = SdpaCpuTuning.Default(d, SdpaTuningKey(e, ev));
+        return (p["CPU_QB"], p["CPU_KB"], SdpaCpuDefines(e, ev, p["CPU_QB"], p["CPU_KB"]));
     }
 
     private static string SdpaCpuDefines(int e, int ev, int qb, int kb) => $"-DHEAD_DIM={e} -DHEAD_DIM_V={ev} -DCPU_QB={qb} -DCPU_KB={kb}";
