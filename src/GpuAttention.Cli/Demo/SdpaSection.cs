@@ -105,11 +105,11 @@ internal sealed class SdpaSection : IDemoSection
         float side = Math.Max(w, h);
         var q = new float[n * E];
         var k = new float[n * E];
+        Span<float> feat = stackalloc float[E];
         for (int y = 0; y < h; y++)
             for (int x = 0; x < w; x++)
             {
                 int i = y * w + x;
-                Span<float> feat = stackalloc float[E];
                 feat.Clear();
                 int d = 0;
                 float norm2 = 0;
