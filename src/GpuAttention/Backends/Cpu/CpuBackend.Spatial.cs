@@ -389,6 +389,17 @@ internal sealed unsafe partial class CpuBackend : ISpatialBackend
         }
     }
 
+    /// <summary>dst[i] = Σ_k parts[k·len + i] for k = 0..count−1, in that order (the deterministic grad_grid reduction of both paths).</summary>
+    private static void SumPartialsInOrder(float* parts, int count, long len, float* dst)
+    {
+        for (long i = 0; i < len; i++)
+        {
+            float sum = parts[i];
+            for (int k = 1; k < count; k++) sum += parts[k * len + i];
+            dst[i] = sum;
+        }
+    }
+
     private static void GridSampleBackwardCore(in GridSampleShape s, in GridSampleBackwardArgs a, float* gradGrid)
     {
         if (UseFastGridSample(s)) { GridSampleBackwardFast(s, a, gradGrid); return; }
@@ -463,16 +474,7 @@ internal sealed unsafe partial class CpuBackend : ISpatialBackend
                         }
                     }
                 });
-                if (nCb > 1)
-                {
-                    long len = s.N * P * 2;
-                    for (long i = 0; i < len; i++)
-                    {
-                        float sum = pp[i];
-                        for (int cb = 1; cb < nCb; cb++) sum += pp[cb * len + i];
-                        gradGrid[i] = sum;
-                    }
-                }
+                if (nCb > 1) SumPartialsInOrder(pp, nCb, s.N * P * 2, gradGrid);
             }
         }
         finally

@@ -155,16 +155,7 @@ internal sealed unsafe partial class CpuBackend
                     Groups = groups, Blocks = blocks, GroupsPerBlock = perBlock,
                 };
                 CpuWorkers.For(checked(s.N * blocks), &FastBackwardItem, &ctx);
-                if (blocks > 1)
-                {
-                    long len = s.N * P * 2;
-                    for (long i = 0; i < len; i++)
-                    {
-                        float sum = pp[i];
-                        for (int b = 1; b < blocks; b++) sum += pp[b * len + i];
-                        gradGrid[i] = sum;
-                    }
-                }
+                if (blocks > 1) SumPartialsInOrder(pp, blocks, s.N * P * 2, gradGrid);
             }
         }
         finally
