@@ -25,42 +25,43 @@ def cli(dll, *args):
 def check(dll, backends):
     rng = np.random.default_rng(2024)
     worst = {}
-    N, C, H, W, Ho, Wo = 2, 5, 11, 13, 7, 9
-    for backend in backends:
-        for mode in ["bilinear", "nearest"]:
-            for pad in ["zeros", "border", "reflection"]:
+    # the second shape takes the CPU backend's channel-last path (C >= 8 and points * 16 >= 2 * H * W)
+    for N, C, H, W, Ho, Wo in [(2, 5, 11, 13, 7, 9), (2, 19, 11, 13, 17, 19)]:
+      for backend in backends:
+            for mode in ["bilinear", "nearest"]:
+                for pad in ["zeros", "border", "reflection"]:
+                    for align in [False, True]:
+                        d = tempfile.mkdtemp(); o = tempfile.mkdtemp()
+                        inp = rng.uniform(-1, 1, (N, C, H, W)).astype(np.float32)
+                        grid = rng.uniform(-1.7, 1.7, (N, Ho, Wo, 2)).astype(np.float32)
+                        gout = rng.uniform(-1, 1, (N, C, Ho, Wo)).astype(np.float32)
+                        for k, v in dict(input=inp, grid=grid, grad_out=gout).items(): np.save(os.path.join(d, k + ".npy"), v)
+                        extra = ["--mode", mode, "--padding", pad] + (["--align-corners"] if align else [])
+                        cli(dll, "run", "grid-sample", "--backend", backend, "--in", d, "--out", o, *extra)
+                        cli(dll, "run", "grid-sample-backward", "--backend", backend, "--in", d, "--out", o, *extra)
+                        ti = torch.tensor(inp, dtype=torch.float64, requires_grad=True)
+                        tg = torch.tensor(grid, dtype=torch.float64, requires_grad=True)
+                        out = F.grid_sample(ti, tg, mode=mode, padding_mode=pad, align_corners=align)
+                        out.backward(torch.tensor(gout, dtype=torch.float64))
+                        e = (rel(np.load(os.path.join(o, "out.npy")), out.detach().numpy()),
+                             rel(np.load(os.path.join(o, "grad_input.npy")), ti.grad.numpy()),
+                             rel(np.load(os.path.join(o, "grad_grid.npy")), tg.grad.numpy()) if mode == "bilinear" else
+                             float(np.abs(np.load(os.path.join(o, "grad_grid.npy"))).max()))
+                        print(f"{backend:7} C{C:<3} grid-sample {mode:8} {pad:10} align={int(align)}  out {e[0]:.2e}  grad_input {e[1]:.2e}  grad_grid {e[2]:.2e}")
+                        worst[backend] = max(worst.get(backend, (0, 0, 0)), e)
                 for align in [False, True]:
                     d = tempfile.mkdtemp(); o = tempfile.mkdtemp()
-                    inp = rng.uniform(-1, 1, (N, C, H, W)).astype(np.float32)
-                    grid = rng.uniform(-1.7, 1.7, (N, Ho, Wo, 2)).astype(np.float32)
-                    gout = rng.uniform(-1, 1, (N, C, Ho, Wo)).astype(np.float32)
-                    for k, v in dict(input=inp, grid=grid, grad_out=gout).items(): np.save(os.path.join(d, k + ".npy"), v)
-                    extra = ["--mode", mode, "--padding", pad] + (["--align-corners"] if align else [])
-                    cli(dll, "run", "grid-sample", "--backend", backend, "--in", d, "--out", o, *extra)
-                    cli(dll, "run", "grid-sample-backward", "--backend", backend, "--in", d, "--out", o, *extra)
-                    ti = torch.tensor(inp, dtype=torch.float64, requires_grad=True)
-                    tg = torch.tensor(grid, dtype=torch.float64, requires_grad=True)
-                    out = F.grid_sample(ti, tg, mode=mode, padding_mode=pad, align_corners=align)
-                    out.backward(torch.tensor(gout, dtype=torch.float64))
-                    e = (rel(np.load(os.path.join(o, "out.npy")), out.detach().numpy()),
-                         rel(np.load(os.path.join(o, "grad_input.npy")), ti.grad.numpy()),
-                         rel(np.load(os.path.join(o, "grad_grid.npy")), tg.grad.numpy()) if mode == "bilinear" else
-                         float(np.abs(np.load(os.path.join(o, "grad_grid.npy"))).max()))
-                    print(f"{backend:7} grid-sample {mode:8} {pad:10} align={int(align)}  out {e[0]:.2e}  grad_input {e[1]:.2e}  grad_grid {e[2]:.2e}")
-                    worst[backend] = max(worst.get(backend, (0, 0, 0)), e)
-            for align in [False, True]:
-                d = tempfile.mkdtemp(); o = tempfile.mkdtemp()
-                theta = rng.uniform(-1.5, 1.5, (3, 2, 3)).astype(np.float32)
-                gg = rng.uniform(-1, 1, (3, 6, 10, 2)).astype(np.float32)
-                np.save(os.path.join(d, "theta.npy"), theta); np.save(os.path.join(d, "grad_grid.npy"), gg)
-                extra = ["--size", "6,10"] + (["--align-corners"] if align else [])
-                cli(dll, "run", "affine-grid", "--backend", backend, "--in", d, "--out", o, *extra)
-                cli(dll, "run", "affine-grid-backward", "--backend", backend, "--in", d, "--out", o, *extra)
-                tt = torch.tensor(theta, dtype=torch.float64, requires_grad=True)
-                g = F.affine_grid(tt, (3, 1, 6, 10), align_corners=align)
-                g.backward(torch.tensor(gg, dtype=torch.float64))
-                print(f"{backend:7} affine-grid align={int(align)}  grid {rel(np.load(os.path.join(o, 'grid.npy')), g.detach().numpy()):.2e}"
-                      f"  grad_theta {rel(np.load(os.path.join(o, 'grad_theta.npy')), tt.grad.numpy()):.2e}")
+                    theta = rng.uniform(-1.5, 1.5, (3, 2, 3)).astype(np.float32)
+                    gg = rng.uniform(-1, 1, (3, 6, 10, 2)).astype(np.float32)
+                    np.save(os.path.join(d, "theta.npy"), theta); np.save(os.path.join(d, "grad_grid.npy"), gg)
+                    extra = ["--size", "6,10"] + (["--align-corners"] if align else [])
+                    cli(dll, "run", "affine-grid", "--backend", backend, "--in", d, "--out", o, *extra)
+                    cli(dll, "run", "affine-grid-backward", "--backend", backend, "--in", d, "--out", o, *extra)
+                    tt = torch.tensor(theta, dtype=torch.float64, requires_grad=True)
+                    g = F.affine_grid(tt, (3, 1, 6, 10), align_corners=align)
+                    g.backward(torch.tensor(gg, dtype=torch.float64))
+                    print(f"{backend:7} affine-grid align={int(align)}  grid {rel(np.load(os.path.join(o, 'grid.npy')), g.detach().numpy()):.2e}"
+                          f"  grad_theta {rel(np.load(os.path.join(o, 'grad_theta.npy')), tt.grad.numpy()):.2e}")
     print("worst (out, grad_input, grad_grid):", json.dumps(worst))
 
 def bench(reps=20):
