@@ -69,7 +69,7 @@ internal sealed unsafe partial class CpuBackend : ISdpaBackend
                     int qb = (int)(item % qBlocks);
                     long bh = item / qBlocks;
                     int i0 = qb * QueryBlock, qn = Math.Min(QueryBlock, s.L - i0);
-                    CombineSplits(s, bh, i0, qn, splits, pp + item * splits * partStride, partStride, (float*)o, (float*)lse);
+                    CombineSplits(s, bh, i0, qn, QueryBlock, splits, pp + item * splits * partStride, partStride, (float*)o, (float*)lse);
                 }
             }
         }
@@ -79,8 +79,11 @@ internal sealed unsafe partial class CpuBackend : ISdpaBackend
         }
     }
 
-    /// <summary>Merges per-chunk (m, l, acc) of rows i0..i0+qn of head bh: M = max m_c, l = Σ l_c e^(m_c−M), acc = Σ acc_c e^(m_c−M).</summary>
-    private static void CombineSplits(in SdpaShape s, long bh, int i0, int qn, int splits, float* parts, int partStride, float* o, float* lse)
+    /// <summary>
+    /// Merges per-chunk (m, l, acc) of rows i0..i0+qn of head bh: M = max m_c, l = Σ l_c e^(m_c−M), acc = Σ acc_c e^(m_c−M).
+    /// Each chunk's partial holds acc [rows][Ev], then m [rows], then l [rows] (both CPU SDPA paths write this layout).
+    /// </summary>
+    private static void CombineSplits(in SdpaShape s, long bh, int i0, int qn, int rows, int splits, float* parts, int partStride, float* o, float* lse)
     {
         int Ev = s.Ev;
         for (int r = 0; r < qn; r++)
@@ -91,7 +94,7 @@ internal sealed unsafe partial class CpuBackend : ISdpaBackend
             bool nan = false;
             for (int c = 0; c < splits; c++)
             {
-                float m = PartM(parts + c * partStride, Ev)[r];
+                float m = parts[c * partStride + rows * Ev + r];
                 nan |= float.IsNaN(m);
                 if (m > M) M = m;
             }
@@ -102,10 +105,10 @@ internal sealed unsafe partial class CpuBackend : ISdpaBackend
             for (int c = 0; c < splits; c++)
             {
                 float* part = parts + c * partStride;
-                float m = PartM(part, Ev)[r];
+                float m = part[rows * Ev + r];
                 if (float.IsNegativeInfinity(m)) continue;
                 float w = MathF.Exp(m - M);
-                l += PartL(part, Ev)[r] * w;
+                l += part[rows * Ev + rows + r] * w;
                 TensorPrimitives.MultiplyAdd(new ReadOnlySpan<float>(part + r * Ev, Ev), w, dst, dst);
             }
             TensorPrimitives.Multiply(dst, 1f / l, dst);
@@ -113,9 +116,6 @@ internal sealed unsafe partial class CpuBackend : ISdpaBackend
         }
     }
 
-    // Layout of one partial result: acc [QueryBlock][Ev], then m [QueryBlock], then l [QueryBlock].
-    private static float* PartM(float* part, int Ev) => part + QueryBlock * Ev;
-    private static float* PartL(float* part, int Ev) => part + QueryBlock * Ev + QueryBlock;
 
     /// <summary>
     /// One (b, h), up to QueryBlock queries starting at i0, keys [jBegin, jEnd). With <paramref name="partial"/> null the

@@ -89,47 +89,13 @@ internal sealed unsafe partial class CpuBackend
                 int qc = (int)(item % qChunks);
                 long bh = item / qChunks;
                 int i0 = qc * chunkRows, qn = Math.Min(chunkRows, s.L - i0);
-                MergeSplits(s, bh, i0, qn, chunkRows, splits, pp + item * splits * ctx.PartStride, ctx.PartStride, ctx.O, ctx.Lse);
+                CombineSplits(s, bh, i0, qn, chunkRows, splits, pp + item * splits * ctx.PartStride, ctx.PartStride, ctx.O, ctx.Lse);
             }
         }
     }
 
     // Split-key partials (grow-only, per calling thread; only the decoding path uses them).
     [ThreadStatic] private static float[]? s_splitParts;
-
-    /// <summary>Merges per-chunk (acc [rows][Ev], m [rows], l [rows]) of rows i0..i0+qn of head bh.</summary>
-    private static void MergeSplits(in SdpaShape s, long bh, int i0, int qn, int rows, int splits, float* parts, int partStride, float* o, float* lse)
-    {
-        int Ev = s.Ev;
-        for (int r = 0; r < qn; r++)
-        {
-            long row = bh * s.L + i0 + r;
-            var dst = new Span<float>(o + row * Ev, Ev);
-            float M = float.NegativeInfinity;
-            bool nan = false;
-            for (int c = 0; c < splits; c++)
-            {
-                float m = parts[c * partStride + rows * Ev + r];
-                nan |= float.IsNaN(m);
-                if (m > M) M = m;
-            }
-            if (nan) { dst.Fill(float.NaN); lse[row] = float.NaN; continue; }
-            if (float.IsNegativeInfinity(M)) { dst.Clear(); lse[row] = float.NegativeInfinity; continue; }
-            dst.Clear();
-            float l = 0;
-            for (int c = 0; c < splits; c++)
-            {
-                float* part = parts + c * partStride;
-                float m = part[rows * Ev + r];
-                if (float.IsNegativeInfinity(m)) continue;
-                float w = MathF.Exp(m - M);
-                l += part[rows * Ev + rows + r] * w;
-                TensorPrimitives.MultiplyAdd(new ReadOnlySpan<float>(part + r * Ev, Ev), w, dst, dst);
-            }
-            TensorPrimitives.Multiply(dst, 1f / l, dst);
-            lse[row] = M + MathF.Log(l);
-        }
-    }
 
     private static void FastItem(void* pctx, int work)
     {
