@@ -75,7 +75,7 @@ public class OpenClSdpaTests
     {
         var be = (OpenClBackend)Dev.Backend;
         var variant = be.SdpaVariant;
-        (be.SdpaTileOverride, be.SdpaVariant) = ((blockM, blockN), SdpaVariant.Gpu);
+        (be.SdpaTileOverride, be.SdpaVariant) = ((blockM, blockN), KernelVariant.Gpu);
         try
         {
             Check(2, 2, 1, 21, 19, 5, 3, causal: causal, maskShape: maskShape);
@@ -93,7 +93,7 @@ public class OpenClSdpaTests
     {
         var be = (OpenClBackend)Dev.Backend;
         var variant = be.SdpaVariant;
-        (be.SdpaCpuBlockOverride, be.SdpaVariant) = ((qb, kb), SdpaVariant.Cpu);
+        (be.SdpaCpuBlockOverride, be.SdpaVariant) = ((qb, kb), KernelVariant.Cpu);
         try
         {
             Check(2, 2, 1, 21, 37, 5, 3, causal: causal, maskShape: maskShape);
@@ -108,17 +108,17 @@ public class OpenClSdpaTests
     {
         var be = (OpenClBackend)Dev.Backend;
         var variant = be.SdpaVariant;
-        Assert.That(KernelBackend.ParseSdpaVariant("CPU"), Is.EqualTo(SdpaVariant.Cpu));
-        Assert.That(KernelBackend.ParseSdpaVariant(" gpu "), Is.EqualTo(SdpaVariant.Gpu));
-        Assert.That(KernelBackend.ParseSdpaVariant(null), Is.EqualTo(SdpaVariant.Auto));
-        Assert.Throws<ArgumentException>(() => KernelBackend.ParseSdpaVariant("fast"));
+        Assert.That(KernelBackend.ParseVariant("CPU"), Is.EqualTo(KernelVariant.Cpu));
+        Assert.That(KernelBackend.ParseVariant(" gpu "), Is.EqualTo(KernelVariant.Gpu));
+        Assert.That(KernelBackend.ParseVariant(null), Is.EqualTo(KernelVariant.Auto));
+        Assert.Throws<ArgumentException>(() => KernelBackend.ParseVariant("fast"));
         try
         {
-            be.SdpaVariant = SdpaVariant.Auto;
+            be.SdpaVariant = KernelVariant.Auto;
             Assert.That(be.SdpaUsesCpuKernels, Is.EqualTo(!be.IsGpu));
-            be.SdpaVariant = SdpaVariant.Cpu;
+            be.SdpaVariant = KernelVariant.Cpu;
             Assert.That(be.SdpaUsesCpuKernels, Is.True);
-            be.SdpaVariant = SdpaVariant.Gpu;
+            be.SdpaVariant = KernelVariant.Gpu;
             Assert.That(be.SdpaUsesCpuKernels, Is.False);
         }
         finally { be.SdpaVariant = variant; }

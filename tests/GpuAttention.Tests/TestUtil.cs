@@ -15,16 +15,30 @@ internal static class TestUtil
     }
 
     /// <summary>Opens a device, or marks the test ignored with the reason the backend is missing. A spec with the suffix
-    /// <c>/sdpa=cpu</c> or <c>/sdpa=gpu</c> (see <see cref="SdpaBackends"/>) forces that SDPA kernel variant on a kernel backend.</summary>
+    /// <c>/sdpa=cpu|gpu</c> (see <see cref="SdpaBackends"/>) or <c>/spatial=cpu|gpu</c> (see <see cref="SpatialBackends"/>)
+    /// forces that kernel variant of the family on a kernel backend.</summary>
     public static Device OpenOrIgnore(string spec)
     {
-        string? variant = null;
-        int slash = spec.IndexOf("/sdpa=", StringComparison.Ordinal);
-        if (slash >= 0) (spec, variant) = (spec[..slash], spec[(slash + "/sdpa=".Length)..]);
+        string? family = null, variant = null;
+        int slash = spec.IndexOf('/');
+        if (slash >= 0)
+        {
+            var kv = spec[(slash + 1)..].Split('=', 2);
+            (spec, family, variant) = (spec[..slash], kv[0], kv.Length > 1 ? kv[1] : "");
+        }
         Device d;
         try { d = Device.Open(spec); }
         catch (BackendUnavailableException e) { Assert.Ignore(e.Message); throw; }
-        if (variant is not null) ((KernelBackend)d.Backend).SdpaVariant = KernelBackend.ParseSdpaVariant(variant);
+        if (family is not null)
+        {
+            var be = (KernelBackend)d.Backend;
+            switch (family)
+            {
+                case "sdpa": be.SdpaVariant = KernelBackend.ParseVariant(variant); break;
+                case "spatial": be.SpatialVariant = KernelBackend.ParseVariant(variant, KernelBackend.SpatialVariantEnv); break;
+                default: d.Dispose(); throw new ArgumentException($"test backend spec: unknown kernel family '{family}' in '{spec}/{family}={variant}'");
+            }
+        }
         return d;
     }
 
@@ -47,4 +61,8 @@ internal static class TestUtil
     /// <summary>The SDPA fixtures' backends: OpenCL once per SDPA kernel variant (the CPU-device kernels of sdpa_cpu.cl and the
     /// GPU-style ones of sdpa.cl / sdpa_backward.cl), whatever type the OpenCL device reports.</summary>
     public static readonly string[] SdpaBackends = ["cpu", "opencl/sdpa=cpu", "opencl/sdpa=gpu", "cuda"];
+
+    /// <summary>The spatial fixtures' backends: OpenCL once per grid_sample kernel variant (the CPU-device kernels
+    /// grid_sample_*_blocked and the GPU-style ones), whatever type the OpenCL device reports.</summary>
+    public static readonly string[] SpatialBackends = ["cpu", "opencl/spatial=cpu", "opencl/spatial=gpu", "cuda"];
 }

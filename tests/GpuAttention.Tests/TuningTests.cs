@@ -42,7 +42,7 @@ public class TuningTests
 
     private static readonly KernelDeviceLimits Pocl = new(4096, 2 << 20, false);
     private static readonly TuningParams GemmAlt = TuningParams.Of(("TM", 16), ("TN", 64), ("TK", 8), ("WM", 2), ("WN", 8));
-    private static readonly TuningParams SpatialAlt = TuningParams.Of(("CB", 16), ("TILE_P", 32), ("WG_P", 128), ("SCATTER_GROUPS", 4));
+    private static readonly TuningParams SpatialAlt = TuningParams.Of(("CB", 16), ("TILE_P", 32), ("WG_P", 128), ("SCATTER_GROUPS", 4), ("PB", 32));
     private static readonly TuningParams GlimpseAlt = TuningParams.Of(("TILE_M", 16), ("TILE_N", 64), ("TILE_K", 8), ("WPT_M", 2), ("WPT_N", 4));
 
     [Test]
@@ -158,7 +158,7 @@ public class TuningTests
         var be = (OpenClBackend)dev.Backend;
         string gemmDefines = "-DTM=16 -DTN=64 -DTK=8 -DWM=2 -DWN=8 -DTRANS_A=0 -DTRANS_B=0";
         Assert.That(be.GemmConfig(false, false).Defines, Is.EqualTo(gemmDefines));
-        Assert.That(be.SpatialDefines, Does.StartWith("-DCB=16 -DTILE_P=32 "));
+        Assert.That(be.SpatialDefines, Does.StartWith("-DCB=16 -DTILE_P=32 -DPB=32 "));
         Assert.That(be.GlimpseGemmConfig().Defines, Does.StartWith("-DTILE_M=16 -DTILE_N=64 -DTILE_K=8 -DWPT_M=2 -DWPT_N=4 "));
         Assert.That(be.TuningWarnings, Is.Empty);
         // Every workload's reference checks (odd shapes, both transposes, every path) pass with the cached tiles ...

@@ -107,6 +107,7 @@ internal static class OpWorkload
         GridSample("grid_sample bilinear zeros", GridSampleMode.Bilinear, GridSamplePadding.Zeros, false, 110),
         GridSample("grid_sample bilinear border align", GridSampleMode.Bilinear, GridSamplePadding.Border, true, 120),
         GridSample("grid_sample nearest reflection", GridSampleMode.Nearest, GridSamplePadding.Reflection, false, 130),
+        GridSample("grid_sample nearest zeros align", GridSampleMode.Nearest, GridSamplePadding.Zeros, true, 135),
         GridSample("grid_sample bilinear reflection align", GridSampleMode.Bilinear, GridSamplePadding.Reflection, true, 140),
         new("spatial_transform+bwd", d => With(d, T =>
         {

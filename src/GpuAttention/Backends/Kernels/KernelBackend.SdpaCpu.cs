@@ -2,14 +2,15 @@ using GpuAttention.Backends.Kernels.Tuning;
 
 namespace GpuAttention.Backends.Kernels;
 
-/// <summary>Which SDPA kernels a kernel backend runs.</summary>
-internal enum SdpaVariant
+/// <summary>Which kernels of an op family a kernel backend runs: the GPU-style ones (one row or point per work-item, tiles in
+/// local memory) or the CPU-device ones (a block of rows or points per work-item, loops the device compiler vectorises).</summary>
+internal enum KernelVariant
 {
     /// <summary>By device type: <see cref="Cpu"/> on OpenCL devices that are not GPUs, else <see cref="Gpu"/>.</summary>
     Auto,
-    /// <summary>kernels/sdpa.cl and kernels/sdpa_backward.cl: one row per work-item, tiles staged in local memory.</summary>
+    /// <summary>The GPU-style kernels (e.g. kernels/sdpa.cl, grid_sample_forward).</summary>
     Gpu,
-    /// <summary>kernels/sdpa_cpu.cl (OpenCL only): a block of rows per work-item, 16-wide vector micro-kernels.</summary>
+    /// <summary>The CPU-device kernels (OpenCL only; e.g. kernels/sdpa_cpu.cl, grid_sample_forward_blocked).</summary>
     Cpu,
 }
 
@@ -24,23 +25,28 @@ internal abstract partial class KernelBackend
     internal const string SdpaVariantEnv = "GPUATTENTION_SDPA_VARIANT";
 
     /// <summary>The SDPA kernels this backend runs (tests set it; the default comes from <see cref="SdpaVariantEnv"/>).</summary>
-    internal SdpaVariant SdpaVariant { get; set; } = ParseSdpaVariant(Environment.GetEnvironmentVariable(SdpaVariantEnv));
+    internal KernelVariant SdpaVariant { get; set; } = ParseVariant(Environment.GetEnvironmentVariable(SdpaVariantEnv));
 
-    internal static SdpaVariant ParseSdpaVariant(string? s) => s?.Trim().ToLowerInvariant() switch
+    /// <summary>Parses a variant name (<c>cpu</c>, <c>gpu</c>, <c>auto</c> or empty, any case); <paramref name="env"/> names the
+    /// variable in the error.</summary>
+    internal static KernelVariant ParseVariant(string? s, string env = SdpaVariantEnv) => s?.Trim().ToLowerInvariant() switch
     {
-        null or "" or "auto" => SdpaVariant.Auto,
-        "cpu" => SdpaVariant.Cpu,
-        "gpu" => SdpaVariant.Gpu,
-        _ => throw new ArgumentException($"{SdpaVariantEnv}={s}: expected cpu, gpu or auto"),
+        null or "" or "auto" => KernelVariant.Auto,
+        "cpu" => KernelVariant.Cpu,
+        "gpu" => KernelVariant.Gpu,
+        _ => throw new ArgumentException($"{env}={s}: expected cpu, gpu or auto"),
+    };
+
+    /// <summary>Whether <paramref name="v"/> means the CPU-device kernels on this backend: OpenCL only; Auto: a device that is not a GPU.</summary>
+    private bool UsesCpuKernels(KernelVariant v) => Kind == BackendKind.OpenCL && v switch
+    {
+        KernelVariant.Cpu => true,
+        KernelVariant.Gpu => false,
+        _ => !IsGpu,
     };
 
     /// <summary>True when SDPA runs the kernels of sdpa_cpu.cl: OpenCL only, on a device that is not a GPU or when forced.</summary>
-    internal bool SdpaUsesCpuKernels => Kind == BackendKind.OpenCL && SdpaVariant switch
-    {
-        SdpaVariant.Cpu => true,
-        SdpaVariant.Gpu => false,
-        _ => !IsGpu,
-    };
+    internal bool SdpaUsesCpuKernels => UsesCpuKernels(SdpaVariant);
 
     /// <summary>Forces CPU_QB / CPU_KB of sdpa_cpu.cl (tests use other blocks to exercise the row tails).</summary>
     internal (int Qb, int Kb)? SdpaCpuBlockOverride { get; set; }
