@@ -24,6 +24,9 @@ internal sealed unsafe partial class CpuBackend
         public int EPad, EvPad, KBlocks, QBlocks, KpStride;
     }
 
+    // The packed Kᵀ / Vᵀ (and padded K) of a backward call (grow-only, per calling thread: no allocation in steady state).
+    [ThreadStatic] private static float[]? t_bwdPack;
+
     private static void SdpaBackwardFast(in SdpaShape s, float* q, float* k, float* v, float* mask, float* lse, float* gradOut,
         float* d, float* dq, float* dk, float* dv)
     {
@@ -34,7 +37,8 @@ internal sealed unsafe partial class CpuBackend
         bool padK = EPad != s.E;
         long kpLen = padK ? heads * s.S * EPad : 0;
         long total = ktLen + vtLen + kpLen + 16;
-        var buf = GC.AllocateUninitializedArray<float>(checked((int)total), pinned: true);
+        var buf = t_bwdPack;
+        if (buf is null || buf.Length < total) t_bwdPack = buf = GC.AllocateUninitializedArray<float>(checked((int)total), pinned: true);
         fixed (float* pb = buf)
         {
             float* baseP = (float*)(((nint)pb + 63) & ~(nint)63);

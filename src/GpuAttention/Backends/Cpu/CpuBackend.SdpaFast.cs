@@ -8,13 +8,13 @@ namespace GpuAttention.Backends.Cpu;
 /// <summary>
 /// SDPA forward with AVX-512 micro-kernels (used when <see cref="Avx512F"/> is present; otherwise the portable
 /// <see cref="Vector{T}"/> path of CpuBackend.Sdpa.cs runs). Work items are (batch·head, chunk of queries[, chunk of
-/// keys]) run on <see cref="CpuWorkers"/>. Each item packs its keys once, transposed into blocks Kᵀ[E][<see cref="FKB"/>]
-/// (zero padded), so the score micro-kernel (4 queries × 64 keys, 16 zmm accumulators, one broadcast of q per query
+/// keys]) run on <see cref="CpuWorkers"/>, after one parallel pass that packs the keys of every kv head, transposed into
+/// blocks Kᵀ[E][<see cref="FKB"/>] (zero padded), so the score micro-kernel (4 queries × 64 keys, 16 zmm accumulators, one broadcast of q per query
 /// and four contiguous Kᵀ loads per e) streams contiguous vectors; V rows are used as vectors in place (copied to a
 /// 16-float padded layout only when Ev % 16 ≠ 0). Per sub-block of <see cref="FQB"/> queries (pre-scaled by the
 /// softmax scale) it walks the key blocks with an online softmax whose exp is a vectorised polynomial
 /// (<see cref="Exp"/>), and accumulates O += P·V with a 4 queries × 64 columns micro-kernel. Memory per thread is
-/// O(keys·(E + Ev) + FQB·(FKB + Ev)), never L×S.
+/// O(FQB·(E + FKB + Ev)) per thread plus one packed copy of K (and of V when Ev % 16 ≠ 0), never L×S.
 /// </summary>
 internal sealed unsafe partial class CpuBackend
 {
@@ -43,18 +43,23 @@ internal sealed unsafe partial class CpuBackend
     {
         public SdpaShape S;
         public float* Q, K, V, Mask, O, Lse, Parts;
-        public int QChunks, ChunkRows, Splits, KeyChunk, PartStride;
+        public float* Kt, Vp;      // packed once per call: Kᵀ blocks of every kv head, and V rows padded to EvPad (null: V in place)
+        public int QChunks, ChunkRows, Splits, KeyChunk, PartStride, KBlocks, EvPad;
     }
+
+    // The packed Kᵀ / padded V of a forward call (grow-only, per calling thread).
+    [ThreadStatic] private static float[]? t_fwdPack;
 
     private static void SdpaForwardFast(in SdpaForwardArgs a)
     {
         var s = a.Shape;
         int threads = CpuWorkers.Threads;
         long heads = (long)s.B * s.Hq;
-        // Query chunks: enough items for load balance (causal rows differ in cost), each a multiple of FQB rows.
+        // Query chunks: about 16 items per thread, each a multiple of FQB rows, so a thread that is slowed down (another
+        // process, a noisy neighbour on a VM; causal rows also differ in cost) leaves little of the work to wait for. Keys
+        // are packed once per call, so a chunk costs no extra packing.
         int maxChunks = (s.L + FQB - 1) / FQB;
-        // (Non-causal items cost the same, so fewer chunks suffice; each chunk packs its keys once.)
-        int qChunks = (int)Math.Clamp(((s.Causal ? 8L : 2L) * threads + heads - 1) / heads, 1, maxChunks);
+        int qChunks = (int)Math.Clamp((16L * threads + heads - 1) / heads, 1, maxChunks);
         int chunkRows = ((s.L + qChunks - 1) / qChunks + FQB - 1) / FQB * FQB;
         qChunks = (s.L + chunkRows - 1) / chunkRows;
         long items = heads * qChunks;
@@ -66,12 +71,25 @@ internal sealed unsafe partial class CpuBackend
         if (splits > 1) splits = (s.S + keyChunk - 1) / keyChunk;
         if (items * splits > int.MaxValue) throw new NotSupportedException("too many attention rows for one call");
 
+        // Kᵀ blocks and padded V of every kv head, packed once (in parallel) and shared by all items of the head.
+        int kBlocks = (s.S + FKB - 1) / FKB;
+        int evPad = (s.Ev + 15) & ~15;
+        long kvHeads = (long)s.B * s.Hkv;
+        long ktLen = kvHeads * kBlocks * s.E * FKB, vpLen = evPad != s.Ev ? kvHeads * s.S * evPad : 0;
+        if (kvHeads * kBlocks > int.MaxValue) throw new NotSupportedException("too many attention keys for one call");
+        var pack = t_fwdPack;
+        if (pack is null || pack.Length < ktLen + vpLen + 16)
+            t_fwdPack = pack = GC.AllocateUninitializedArray<float>(checked((int)(ktLen + vpLen + 16)), pinned: true);
+        fixed (float* pk = pack)
+        {
+        float* kt = (float*)(((nint)pk + 63) & ~(nint)63);
         var ctx = new FastCtx
         {
             S = s, Q = Ptr(a.Q), K = Ptr(a.K), V = Ptr(a.V), Mask = Ptr(a.Mask), O = Ptr(a.Out), Lse = Ptr(a.Lse),
             QChunks = qChunks, ChunkRows = chunkRows, Splits = splits, KeyChunk = keyChunk,
-            PartStride = chunkRows * (s.Ev + 2),
+            PartStride = chunkRows * (s.Ev + 2), Kt = kt, Vp = vpLen > 0 ? kt + ktLen : null, KBlocks = kBlocks, EvPad = evPad,
         };
+        CpuWorkers.For((int)(kvHeads * kBlocks), &FastPackItem, &ctx);
         if (splits == 1)
         {
             CpuWorkers.For((int)items, &FastItem, &ctx);
@@ -92,6 +110,27 @@ internal sealed unsafe partial class CpuBackend
                 CombineSplits(s, bh, i0, qn, chunkRows, splits, pp + item * splits * ctx.PartStride, ctx.PartStride, ctx.O, ctx.Lse);
             }
         }
+        }
+    }
+
+    /// <summary>Packs key block blk of kv head bhk: Kᵀ[E][FKB] (zero beyond the last key) and, when Ev % 16 ≠ 0, its V rows padded to EvPad.</summary>
+    private static void FastPackItem(void* pctx, int work)
+    {
+        ref FastCtx c = ref Unsafe.AsRef<FastCtx>(pctx);
+        ref readonly SdpaShape s = ref c.S;
+        int blk = work % c.KBlocks;
+        long bhk = work / c.KBlocks;
+        int j0 = blk * FKB, kn = Math.Min(FKB, s.S - j0);
+        float* dst = c.Kt + (bhk * c.KBlocks + blk) * s.E * FKB;
+        if (kn < FKB) new Span<float>(dst, s.E * FKB).Clear();
+        TransposeInto(c.K + (bhk * s.S + j0) * s.E, s.E, kn, dst);
+        if (c.Vp == null) return;
+        for (int j = j0; j < j0 + kn; j++)
+        {
+            float* d = c.Vp + (bhk * s.S + j) * c.EvPad;
+            new ReadOnlySpan<float>(c.V + (bhk * s.S + j) * s.Ev, s.Ev).CopyTo(new Span<float>(d, s.Ev));
+            new Span<float>(d + s.Ev, c.EvPad - s.Ev).Clear();
+        }
     }
 
     // Split-key partials (grow-only, per calling thread; only the decoding path uses them).
@@ -110,45 +149,19 @@ internal sealed unsafe partial class CpuBackend
         int jBegin = split * c.KeyChunk, jEnd = Math.Min(s.S, jBegin + c.KeyChunk);
         if (s.Causal) jEnd = Math.Min(jEnd, rowEnd);   // key j is kept for query i when j <= i
         int E = s.E, Ev = s.Ev;
-        int EvPad = (Ev + 15) & ~15;
-        int nKeys = Math.Max(0, jEnd - jBegin);
-        int nBlocks = (nKeys + FKB - 1) / FKB;
-        bool packV = Ev != EvPad;
-
-        long ktLen = (long)nBlocks * E * FKB;
-        long vpLen = packV ? (long)nBlocks * FKB * EvPad : 0;
-        long tileLen = FQB * E + FQB * FKB + FQB * EvPad + FQB + 16 * FQB;
-        float* kt = FastScratch(ktLen + vpLen + tileLen + 64);
-        float* vp = kt + ktLen;
-        float* qp = vp + vpLen;
+        int EvPad = c.EvPad;
+        long tileLen = FQB * E + FQB * FKB + FQB * EvPad + FQB + 32 * FQB;
+        float* qp = FastScratch(tileLen + 64);
         float* sc = qp + FQB * E;
         float* acc = sc + FQB * FKB;
         float* m = acc + FQB * EvPad;
         float* lv = m + FQB;   // running sums, 16 lanes per row
+        float* mxb = lv + 16 * FQB;   // block row maxima from the score tiles, 16 lanes per row
 
-        float* kHead = c.K + ((long)b * s.Hkv + hk) * s.S * E;
-        float* vHead = c.V + ((long)b * s.Hkv + hk) * s.S * Ev;
-        // Pack Kᵀ blocks: kt[blk][e][jj] = k[jBegin + blk·FKB + jj][e], zero beyond the last key.
-        for (int blk = 0; blk < nBlocks; blk++)
-        {
-            float* dst = kt + (long)blk * E * FKB;
-            int j0 = jBegin + blk * FKB, kn = Math.Min(FKB, jEnd - j0);
-            if (kn < FKB) new Span<float>(dst, E * FKB).Clear();
-            TransposeInto(kHead + (long)j0 * E, E, kn, dst);
-        }
-        int vStride = Ev;
-        float* vBase = vHead + (long)jBegin * Ev;
-        if (packV)
-        {
-            vStride = EvPad;
-            for (int j = 0; j < nKeys; j++)
-            {
-                float* d = vp + (long)j * EvPad;
-                new ReadOnlySpan<float>(vHead + (long)(jBegin + j) * Ev, Ev).CopyTo(new Span<float>(d, Ev));
-                new Span<float>(d + Ev, EvPad - Ev).Clear();
-            }
-            vBase = vp;
-        }
+        long bhk = (long)b * s.Hkv + hk;
+        float* kt = c.Kt + (bhk * c.KBlocks + jBegin / FKB) * E * FKB;     // jBegin is a multiple of FKB
+        int vStride = c.Vp != null ? EvPad : Ev;
+        float* vBase = (c.Vp != null ? c.Vp : c.V) + (bhk * s.S + jBegin) * vStride;
 
         long maskBase = b * s.MaskStrideB + h * s.MaskStrideH;
         float scale = s.Scale;
@@ -172,9 +185,17 @@ internal sealed unsafe partial class CpuBackend
                 int kn = Math.Min(FKB, kEnd - j0);
                 int kCols = (kn + 63) & ~63;
                 float* ktb = kt + (long)blk * E * FKB;
+                // A full block that no mask or causal edge changes after the tile: the tile also takes the row maxima.
+                bool fusedMax = kn == FKB && c.Mask == null && (!s.Causal || j0 + kn - 1 <= i0);
+                float* mxt = null;
+                if (fusedMax)
+                {
+                    mxt = mxb;
+                    new Span<float>(mxb, 16 * qr).Fill(float.NegativeInfinity);
+                }
                 for (int r = 0; r < qr; r += 4)
                     for (int cc = 0; cc < kCols; cc += 64)
-                        ScoreTile4x64(qp + r * E, E, ktb + cc, sc + r * FKB + cc);
+                        ScoreTile4x64(qp + r * E, E, ktb + cc, sc + r * FKB + cc, mxt == null ? null : mxt + 16 * r);
 
                 int k16 = (kn + 15) & ~15;
                 for (int r = 0; r < qn; r++)
@@ -188,7 +209,7 @@ internal sealed unsafe partial class CpuBackend
                     }
                     int keep = s.Causal ? Math.Min(kn, i0 + r + 1 - j0) : kn;
                     for (int j = Math.Max(keep, 0); j < k16; j++) row[j] = float.NegativeInfinity;
-                    SoftmaxRow(row, k16, ref m[r], lv + 16 * r, acc + r * EvPad, EvPad);
+                    SoftmaxRow(row, k16, ref m[r], lv + 16 * r, acc + r * EvPad, EvPad, mxt == null ? null : mxt + 16 * r);
                 }
                 for (int r = qn; r < qr; r++) new Span<float>(sc + r * FKB, k16).Clear();
                 float* vb = vBase + (long)(j0 - jBegin) * vStride;
@@ -242,16 +263,22 @@ internal sealed unsafe partial class CpuBackend
 
     /// <summary>
     /// Online-softmax step of one score row (n a multiple of 16, entries to drop already −∞): m ← max(m, max row),
-    /// row ← exp(row − m), l ← l·e^(m_old−m) + Σ row, acc row ← acc row · e^(m_old−m). The running sum l is kept as 16
-    /// lanes (<paramref name="lRow"/>), summed once per row at the end. The max ignores NaN scores (vmaxps), which still
-    /// reach l and acc through exp(NaN − m) = NaN; a block whose scores are all NaN or −∞ is checked for NaN explicitly.
+    /// row ← exp(row − m) = 2^((row − m)·log2 e), l ← l·e^(m_old−m) + Σ row, acc row ← acc row · e^(m_old−m). The running sum l
+    /// is kept as 16 lanes (<paramref name="lRow"/>), summed once per row at the end. The max ignores NaN scores (vmaxps),
+    /// which still reach l and acc through exp(NaN − m) = NaN; a block whose scores are all NaN or −∞ is checked for NaN
+    /// explicitly. (row − m is formed first and then scaled: scores near the float limit cannot overflow.) <paramref name="rowMax"/>, when not null, holds 16 lanes whose max is the row's (taken by the score tile).
     /// </summary>
     [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
-    private static void SoftmaxRow(float* row, int n, ref float m, float* lRow, float* accRow, int EvPad)
+    private static void SoftmaxRow(float* row, int n, ref float m, float* lRow, float* accRow, int EvPad, float* rowMax)
     {
         float* end = row + n;
-        var mx = Vector512.Create(float.NegativeInfinity);
-        for (float* p = row; p < end; p += 16) mx = Avx512F.Max(Vector512.Load(p), mx);   // a NaN lane keeps mx
+        Vector512<float> mx;
+        if (rowMax != null) mx = Vector512.Load(rowMax);
+        else
+        {
+            mx = Vector512.Create(float.NegativeInfinity);
+            for (float* p = row; p < end; p += 16) mx = Avx512F.Max(Vector512.Load(p), mx);   // a NaN lane keeps mx
+        }
         float bmax = HMax(mx);
         float mOld = m;
         float mNew = Math.Max(mOld, bmax);
@@ -267,10 +294,11 @@ internal sealed unsafe partial class CpuBackend
         if (float.IsNaN(mOld)) mNew = mOld;
         m = mNew;
         var mv = Vector512.Create(mNew);
+        var l2e = Vector512.Create(Log2Ef);
         var sum = Vector512<float>.Zero;
         for (float* p = row; p < end; p += 16)
         {
-            var e = Exp(Vector512.Load(p) - mv);
+            var e = Exp2((Vector512.Load(p) - mv) * l2e);
             e.Store(p);
             sum += e;
         }
@@ -296,6 +324,31 @@ internal sealed unsafe partial class CpuBackend
         return q.ToScalar();
     }
 
+    private const float Log2Ef = 1.44269504f;
+
+    /// <summary>
+    /// 2^x for x ≤ 0 (the softmax's (x − max)·log2 e), NaN propagated, exactly 0 below −126 (no denormals): x = n + r with
+    /// n = round(x), |r| ≤ 1/2, 2^r by a degree-6 polynomial (near-minimax on [−1/2, 1/2], fitted by iteratively reweighted
+    /// least squares: 2.2e-9 relative in exact arithmetic, about 1e-7 evaluated in float32), times 2^n with vscalefps. With the
+    /// multiply by log2 e in front, three operations fewer than <see cref="Exp"/> (no two-step ln 2 range reduction).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector512<float> Exp2(Vector512<float> x)
+    {
+        var lo = Vector512.Create(-126f);
+        var xc = Avx512F.Max(lo, x);   // vmaxps returns its second operand when either is NaN: NaN stays
+        var n = Avx512F.RoundScale(xc, 0x08);   // nearest, no exceptions
+        var r = xc - n;
+        var p = Avx512F.FusedMultiplyAdd(Vector512.Create(1.5357410302385688e-4f), r, Vector512.Create(1.3400306925177574e-3f));
+        p = Avx512F.FusedMultiplyAdd(p, r, Vector512.Create(9.618433192372322e-3f));
+        p = Avx512F.FusedMultiplyAdd(p, r, Vector512.Create(5.550328642129898e-2f));
+        p = Avx512F.FusedMultiplyAdd(p, r, Vector512.Create(0.24022647738456726f));
+        p = Avx512F.FusedMultiplyAdd(p, r, Vector512.Create(0.6931471824645996f));
+        p = Avx512F.FusedMultiplyAdd(p, r, Vector512<float>.One);
+        var y = Avx512F.Scale(p, n);
+        return Vector512.ConditionalSelect(Vector512.LessThan(x, lo), Vector512<float>.Zero, y);
+    }
+
     /// <summary>
     /// e^x for x ≤ 0 (the softmax's x − max), NaN propagated, exactly 0 below −87.33 (no denormals). Cephes expf:
     /// x = n·ln2 + r with |r| ≤ ln2/2 (ln2 split in two for an exact n·ln2), e^r by a degree-7 polynomial
@@ -319,9 +372,11 @@ internal sealed unsafe partial class CpuBackend
         return Vector512.ConditionalSelect(Vector512.LessThan(x, lo), Vector512<float>.Zero, y);
     }
 
-    /// <summary>sc[r·FKB + 0..63] = Σ_e q[r·E + e] · kt[e·FKB + 0..63] for r = 0..3: 16 zmm accumulators.</summary>
+    /// <summary>sc[r·FKB + 0..63] = Σ_e q[r·E + e] · kt[e·FKB + 0..63] for r = 0..3: 16 zmm accumulators. With
+    /// <paramref name="rowMax"/> (4 rows × 16 lanes) not null, rowMax[r] ← lane-wise max(scores of row r, rowMax[r]), NaN
+    /// scores ignored (vmaxps keeps its second operand).</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void ScoreTile4x64(float* q, int E, float* kt, float* sc)
+    private static void ScoreTile4x64(float* q, int E, float* kt, float* sc, float* rowMax = null)
     {
         Vector512<float> c00 = default, c01 = default, c02 = default, c03 = default;
         Vector512<float> c10 = default, c11 = default, c12 = default, c13 = default;
@@ -349,6 +404,11 @@ internal sealed unsafe partial class CpuBackend
         sc += FKB; c10.Store(sc); c11.Store(sc + 16); c12.Store(sc + 32); c13.Store(sc + 48);
         sc += FKB; c20.Store(sc); c21.Store(sc + 16); c22.Store(sc + 32); c23.Store(sc + 48);
         sc += FKB; c30.Store(sc); c31.Store(sc + 16); c32.Store(sc + 32); c33.Store(sc + 48);
+        if (rowMax == null) return;
+        Avx512F.Max(c00, Avx512F.Max(c01, Avx512F.Max(c02, Avx512F.Max(c03, Vector512.Load(rowMax))))).Store(rowMax);
+        Avx512F.Max(c10, Avx512F.Max(c11, Avx512F.Max(c12, Avx512F.Max(c13, Vector512.Load(rowMax + 16))))).Store(rowMax + 16);
+        Avx512F.Max(c20, Avx512F.Max(c21, Avx512F.Max(c22, Avx512F.Max(c23, Vector512.Load(rowMax + 32))))).Store(rowMax + 32);
+        Avx512F.Max(c30, Avx512F.Max(c31, Avx512F.Max(c32, Avx512F.Max(c33, Vector512.Load(rowMax + 48))))).Store(rowMax + 48);
     }
 
 }
