@@ -70,7 +70,7 @@ public sealed partial class Device
         InBounds(a, "a", g.OffA, g.StrideA, g.Batch, g.TransA ? g.K : g.M, g.TransA ? g.M : g.K, g.Lda);
         InBounds(b, "b", g.OffB, g.StrideB, g.Batch, g.TransB ? g.N : g.K, g.TransB ? g.K : g.N, g.Ldb);
         InBounds(c, "c", g.OffC, g.StrideC, g.Batch, g.M, g.N, g.Ldc);
-        Run(OpKind.Gemm, [a, b], [c], (be, map) =>
-            ((IGemmBackend)be).Gemm(g with { A = map(a)!, B = map(b)!, C = map(c)! }));
+        Run(OpKind.Gemm, [a, b], [c], (g, a, b, c), static (be, m, x) =>
+            ((IGemmBackend)be).Gemm(x.g with { A = m[x.a]!, B = m[x.b]!, C = m[x.c]! }));
     }
 }

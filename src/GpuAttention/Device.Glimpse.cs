@@ -25,11 +25,11 @@ public sealed partial class Device
         var s = ResolveGlimpseShape(image.Shape, parameters.Shape, output.Dim(2), output.Dim(3));
         Validation.Shape(output, "out", [s.N, s.C, s.Gh, s.Gw], "[N, C, h, w]");
         Validation.NoAlias([(image, "image"), (parameters, "params"), (output, "out")]);
-        Run(OpKind.Glimpse, [image, parameters], [output], (be, m) =>
+        Run(OpKind.Glimpse, [image, parameters], [output], (s, output, image, parameters), static (be, m, x) =>
         {
-            if (output.Length == 0) return;
-            if (s.H == 0 || s.W == 0) { be.Fill(m(output)!, 0f); return; }
-            ((IGlimpseBackend)be).GlimpseForward(new GlimpseForwardArgs(s, m(image)!, m(parameters)!, null, m(output)!));
+            if (x.output.Length == 0) return;
+            if (x.s.H == 0 || x.s.W == 0) { be.Fill(m[x.output]!, 0f); return; }
+            ((IGlimpseBackend)be).GlimpseForward(new GlimpseForwardArgs(x.s, m[x.image]!, m[x.parameters]!, null, m[x.output]!));
         });
     }
 
@@ -69,16 +69,16 @@ public sealed partial class Device
         Validation.Shape(gradImage, "grad_image", [s.N, s.C, s.H, s.W], "[N, C, H, W]");
         Validation.Shape(gradParams, "grad_params", [s.N, 6], "[N, 6]");
         Validation.NoAlias([(image, "image"), (parameters, "params"), (gradOut, "grad_out"), (gradImage, "grad_image"), (gradParams, "grad_params")]);
-        Run(OpKind.GlimpseBackward, [image, parameters, gradOut], [gradImage, gradParams], (be, m) =>
+        Run(OpKind.GlimpseBackward, [image, parameters, gradOut], [gradImage, gradParams], (s, gradParams, gradImage, image, parameters, gradOut), static (be, m, x) =>
         {
-            if (s.N == 0) return;
-            if (s.C == 0 || s.H == 0 || s.W == 0 || s.Gh == 0 || s.Gw == 0)
+            if (x.s.N == 0) return;
+            if (x.s.C == 0 || x.s.H == 0 || x.s.W == 0 || x.s.Gh == 0 || x.s.Gw == 0)
             {
-                be.Fill(m(gradParams)!, 0f);
-                if (gradImage.Length > 0) be.Fill(m(gradImage)!, 0f);
+                be.Fill(m[x.gradParams]!, 0f);
+                if (x.gradImage.Length > 0) be.Fill(m[x.gradImage]!, 0f);
                 return;
             }
-            ((IGlimpseBackend)be).GlimpseBackward(new GlimpseBackwardArgs(s, m(image)!, m(parameters)!, null, m(gradOut)!, m(gradImage)!, m(gradParams)!, null));
+            ((IGlimpseBackend)be).GlimpseBackward(new GlimpseBackwardArgs(x.s, m[x.image]!, m[x.parameters]!, null, m[x.gradOut]!, m[x.gradImage]!, m[x.gradParams]!, null));
         });
     }
 
@@ -113,9 +113,9 @@ public sealed partial class Device
         Validation.Shape(parameters, "params", [s.N, 6], "[N, 6]");
         Validation.Shape(gamma, "gamma", [s.N], "[N]");
         Validation.NoAlias([(draw, "draw"), (parameters, "params"), (gamma, "gamma")]);
-        Run(OpKind.Glimpse, [draw], [parameters, gamma], (be, m) =>
+        Run(OpKind.Glimpse, [draw], [parameters, gamma], (s, draw, parameters, gamma), static (be, m, x) =>
         {
-            if (s.N > 0) ((IGlimpseBackend)be).DrawParams(new DrawParamsArgs(s, m(draw)!, m(parameters)!, m(gamma)!));
+            if (x.s.N > 0) ((IGlimpseBackend)be).DrawParams(new DrawParamsArgs(x.s, m[x.draw]!, m[x.parameters]!, m[x.gamma]!));
         });
     }
 
@@ -135,15 +135,15 @@ public sealed partial class Device
         Validation.Shape(image, "image", [s.N, s.C, s.H, s.W], "[N, C, H, W]");
         Validation.Shape(output, "out", [s.N, s.C, s.Gh, s.Gw], "[N, C, h, w]");
         Validation.NoAlias([(image, "image"), (draw, "draw"), (output, "out")]);
-        Run(OpKind.Glimpse, [image, draw], [output], (be, m) =>
+        Run(OpKind.Glimpse, [image, draw], [output], (s, output, image, draw), static (be, m, x) =>
         {
-            if (output.Length == 0) return;
-            if (s.H == 0 || s.W == 0) { be.Fill(m(output)!, 0f); return; }
+            if (x.output.Length == 0) return;
+            if (x.s.H == 0 || x.s.W == 0) { be.Fill(m[x.output]!, 0f); return; }
             var g = (IGlimpseBackend)be;
-            using var p = be.Allocate((long)s.N * 6);
-            using var gamma = be.Allocate(s.N);
-            g.DrawParams(new DrawParamsArgs(s, m(draw)!, p, gamma));
-            g.GlimpseForward(new GlimpseForwardArgs(s, m(image)!, p, gamma, m(output)!));
+            using var p = be.Allocate((long)x.s.N * 6);
+            using var gamma = be.Allocate(x.s.N);
+            g.DrawParams(new DrawParamsArgs(x.s, m[x.draw]!, p, gamma));
+            g.GlimpseForward(new GlimpseForwardArgs(x.s, m[x.image]!, p, gamma, m[x.output]!));
             be.Synchronize();   // the scratch p, gamma are released next; queued kernels must not outlive them
         });
     }
@@ -165,25 +165,25 @@ public sealed partial class Device
         Validation.Shape(gradImage, "grad_image", [s.N, s.C, s.H, s.W], "[N, C, H, W]");
         Validation.Shape(gradDraw, "grad_draw", [s.N, 5], "[N, 5]");
         Validation.NoAlias([(image, "image"), (draw, "draw"), (gradOut, "grad_out"), (gradImage, "grad_image"), (gradDraw, "grad_draw")]);
-        Run(OpKind.GlimpseBackward, [image, draw, gradOut], [gradImage, gradDraw], (be, m) =>
+        Run(OpKind.GlimpseBackward, [image, draw, gradOut], [gradImage, gradDraw], (s, draw, image, gradOut, gradImage, gradDraw), static (be, m, x) =>
         {
-            if (s.N == 0) return;
+            if (x.s.N == 0) return;
             var g = (IGlimpseBackend)be;
-            using var p = be.Allocate((long)s.N * 6);
-            using var gamma = be.Allocate(s.N);
-            using var gp = be.Allocate((long)s.N * 6);
-            using var glg = be.Allocate(s.N);
-            if (s.C == 0 || s.H == 0 || s.W == 0 || s.Gh == 0 || s.Gw == 0)
+            using var p = be.Allocate((long)x.s.N * 6);
+            using var gamma = be.Allocate(x.s.N);
+            using var gp = be.Allocate((long)x.s.N * 6);
+            using var glg = be.Allocate(x.s.N);
+            if (x.s.C == 0 || x.s.H == 0 || x.s.W == 0 || x.s.Gh == 0 || x.s.Gw == 0)
             {
                 be.Fill(gp, 0f); be.Fill(glg, 0f);
-                if (gradImage.Length > 0) be.Fill(m(gradImage)!, 0f);
+                if (x.gradImage.Length > 0) be.Fill(m[x.gradImage]!, 0f);
             }
             else
             {
-                g.DrawParams(new DrawParamsArgs(s, m(draw)!, p, gamma));
-                g.GlimpseBackward(new GlimpseBackwardArgs(s, m(image)!, p, gamma, m(gradOut)!, m(gradImage)!, gp, glg));
+                g.DrawParams(new DrawParamsArgs(x.s, m[x.draw]!, p, gamma));
+                g.GlimpseBackward(new GlimpseBackwardArgs(x.s, m[x.image]!, p, gamma, m[x.gradOut]!, m[x.gradImage]!, gp, glg));
             }
-            g.DrawParamsBackward(new DrawParamsBackwardArgs(s, m(draw)!, gp, glg, m(gradDraw)!));
+            g.DrawParamsBackward(new DrawParamsBackwardArgs(x.s, m[x.draw]!, gp, glg, m[x.gradDraw]!));
             be.Synchronize();   // the scratch buffers are released next
         });
     }

@@ -41,9 +41,9 @@ public sealed partial class Device
         Validation.Shape(gradV, "grad_v", [s.B, s.Hkv, s.S, s.Ev], "[B, Hkv, S, Ev]");
         Validation.NoAlias([(q, "q"), (k, "k"), (v, "v"), (mask, "mask"), (output, "out"), (lse, "lse"), (gradOut, "grad_out"),
             (gradQ, "grad_q"), (gradK, "grad_k"), (gradV, "grad_v")]);
-        Run(OpKind.SdpaBackward, [q, k, v, mask, output, lse, gradOut], [gradQ, gradK, gradV], (be, m) =>
-            ((ISdpaBackwardBackend)be).SdpaBackward(new SdpaBackwardArgs(s, m(q)!, m(k)!, m(v)!, m(mask), m(output)!, m(lse)!, m(gradOut)!,
-                m(gradQ)!, m(gradK)!, m(gradV)!)), onCpu: s.E == 0 || s.Ev == 0);
+        Run(OpKind.SdpaBackward, [q, k, v, mask, output, lse, gradOut], [gradQ, gradK, gradV], (s, q, k, v, mask, output, lse, gradOut, gradQ, gradK, gradV), static (be, m, x) =>
+            ((ISdpaBackwardBackend)be).SdpaBackward(new SdpaBackwardArgs(x.s, m[x.q]!, m[x.k]!, m[x.v]!, m[x.mask], m[x.output]!, m[x.lse]!, m[x.gradOut]!,
+                m[x.gradQ]!, m[x.gradK]!, m[x.gradV]!)), onCpu: s.E == 0 || s.Ev == 0);
     }
 
     /// <summary>Allocating form of <see cref="SdpaBackward(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor?, SdpaOptions)"/>:

@@ -26,8 +26,8 @@ public sealed partial class Device
         ResolveAffineGrid(theta.ShapeArray, grid.Dim(1), grid.Dim(2));
         Validation.Shape(grid, "grid", [n, grid.Dim(1), grid.Dim(2), 2], "[N, H, W, 2]");
         Validation.NoAlias([(theta, "theta"), (grid, "grid")]);
-        Run(OpKind.AffineGrid, [theta], [grid], (be, m) =>
-            ((ISpatialBackend)be).AffineGrid(new AffineGridArgs(n, grid.Dim(1), grid.Dim(2), alignCorners, m(theta)!, m(grid)!)));
+        Run(OpKind.AffineGrid, [theta], [grid], (n, grid, alignCorners, theta), static (be, m, x) =>
+            ((ISpatialBackend)be).AffineGrid(new AffineGridArgs(x.n, x.grid.Dim(1), x.grid.Dim(2), x.alignCorners, m[x.theta]!, m[x.grid]!)));
     }
 
     /// <summary>Allocating form of <see cref="AffineGrid(Tensor, Tensor, bool)"/>: returns a new grid [N, height, width, 2].</summary>
@@ -54,8 +54,8 @@ public sealed partial class Device
         var (n, h, w) = ResolveAffineGridBackward(gradGrid.ShapeArray, null);
         Validation.Shape(gradTheta, "grad_theta", [n, 2, 3], "[N, 2, 3]");
         Validation.NoAlias([(gradGrid, "grad_grid"), (gradTheta, "grad_theta")]);
-        Run(OpKind.AffineGridBackward, [gradGrid], [gradTheta], (be, m) =>
-            ((ISpatialBackend)be).AffineGridBackward(new AffineGridBackwardArgs(n, h, w, alignCorners, m(gradGrid)!, m(gradTheta)!)));
+        Run(OpKind.AffineGridBackward, [gradGrid], [gradTheta], (n, h, w, alignCorners, gradGrid, gradTheta), static (be, m, x) =>
+            ((ISpatialBackend)be).AffineGridBackward(new AffineGridBackwardArgs(x.n, x.h, x.w, x.alignCorners, m[x.gradGrid]!, m[x.gradTheta]!)));
     }
 
     /// <summary>Allocating form of <see cref="AffineGridBackward(Tensor, Tensor, bool)"/>: returns grad_theta [N, 2, 3].</summary>
@@ -90,8 +90,8 @@ public sealed partial class Device
         var s = ResolveGridSample(input.ShapeArray, grid.ShapeArray, options);
         Validation.Shape(output, "out", [s.N, s.C, s.Hout, s.Wout], "[N, C, Hout, Wout]");
         Validation.NoAlias([(input, "input"), (grid, "grid"), (output, "out")]);
-        Run(OpKind.GridSample, [input, grid], [output], (be, m) =>
-            ((ISpatialBackend)be).GridSample(new GridSampleArgs(s, m(input)!, m(grid), null, m(output)!)));
+        Run(OpKind.GridSample, [input, grid], [output], (s, input, grid, output), static (be, m, x) =>
+            ((ISpatialBackend)be).GridSample(new GridSampleArgs(x.s, m[x.input]!, m[x.grid], null, m[x.output]!)));
     }
 
     /// <summary>Allocating form of <see cref="GridSample(Tensor, Tensor, Tensor, GridSampleOptions)"/>: returns out [N, C, Hout, Wout].</summary>
@@ -132,9 +132,9 @@ public sealed partial class Device
         Validation.Shape(gradInput, "grad_input", [s.N, s.C, s.H, s.W], "[N, C, H, W]");
         Validation.Shape(gradGrid, "grad_grid", [s.N, s.Hout, s.Wout, 2], "[N, Hout, Wout, 2]");
         Validation.NoAlias([(input, "input"), (grid, "grid"), (gradOut, "grad_out"), (gradInput, "grad_input"), (gradGrid, "grad_grid")]);
-        Run(OpKind.GridSampleBackward, [input, grid, gradOut], [gradInput, gradGrid], (be, m) =>
-            ((ISpatialBackend)be).GridSampleBackward(new GridSampleBackwardArgs(s, m(input)!, m(grid), null, m(gradOut)!, m(gradInput)!, m(gradGrid), null,
-                options.Backward == GridSampleBackwardMode.Atomic)));
+        Run(OpKind.GridSampleBackward, [input, grid, gradOut], [gradInput, gradGrid], (s, input, grid, gradOut, gradInput, gradGrid, options), static (be, m, x) =>
+            ((ISpatialBackend)be).GridSampleBackward(new GridSampleBackwardArgs(x.s, m[x.input]!, m[x.grid], null, m[x.gradOut]!, m[x.gradInput]!, m[x.gradGrid], null,
+                x.options.Backward == GridSampleBackwardMode.Atomic)));
     }
 
     /// <summary>Allocating form of <see cref="GridSampleBackward(Tensor, Tensor, Tensor, Tensor, Tensor, GridSampleOptions)"/>.</summary>
@@ -165,8 +165,8 @@ public sealed partial class Device
         var s = ResolveSpatialTransform(input.ShapeArray, theta.ShapeArray, output.Dim(2), output.Dim(3), options);
         Validation.Shape(output, "out", [s.N, s.C, s.Hout, s.Wout], "[N, C, Hout, Wout]");
         Validation.NoAlias([(input, "input"), (theta, "theta"), (output, "out")]);
-        Run(OpKind.GridSample, [input, theta], [output], (be, m) =>
-            ((ISpatialBackend)be).GridSample(new GridSampleArgs(s, m(input)!, null, m(theta), m(output)!)));
+        Run(OpKind.GridSample, [input, theta], [output], (s, input, theta, output), static (be, m, x) =>
+            ((ISpatialBackend)be).GridSample(new GridSampleArgs(x.s, m[x.input]!, null, m[x.theta], m[x.output]!)));
     }
 
     /// <summary>Allocating form of <see cref="SpatialTransform(Tensor, Tensor, Tensor, GridSampleOptions)"/>: returns crops [N, C, height, width].</summary>
@@ -197,9 +197,9 @@ public sealed partial class Device
         Validation.Shape(gradInput, "grad_input", [s.N, s.C, s.H, s.W], "[N, C, H, W]");
         Validation.Shape(gradTheta, "grad_theta", [s.N, 2, 3], "[N, 2, 3]");
         Validation.NoAlias([(input, "input"), (theta, "theta"), (gradOut, "grad_out"), (gradInput, "grad_input"), (gradTheta, "grad_theta")]);
-        Run(OpKind.GridSampleBackward, [input, theta, gradOut], [gradInput, gradTheta], (be, m) =>
-            ((ISpatialBackend)be).GridSampleBackward(new GridSampleBackwardArgs(s, m(input)!, null, m(theta), m(gradOut)!, m(gradInput)!, null, m(gradTheta),
-                options.Backward == GridSampleBackwardMode.Atomic)));
+        Run(OpKind.GridSampleBackward, [input, theta, gradOut], [gradInput, gradTheta], (s, input, theta, gradOut, gradInput, gradTheta, options), static (be, m, x) =>
+            ((ISpatialBackend)be).GridSampleBackward(new GridSampleBackwardArgs(x.s, m[x.input]!, null, m[x.theta], m[x.gradOut]!, m[x.gradInput]!, null, m[x.gradTheta],
+                x.options.Backward == GridSampleBackwardMode.Atomic)));
     }
 
     /// <summary>Allocating form of <see cref="SpatialTransformBackward(Tensor, Tensor, Tensor, Tensor, Tensor, GridSampleOptions)"/>.</summary>

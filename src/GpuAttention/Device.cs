@@ -228,29 +228,39 @@ public sealed partial class Device : IDisposable
 
     /// <summary>
     /// Runs an op on this device's backend, or, when the backend has no kernel for it, on the CPU backend
-    /// with inputs copied to host memory and outputs copied back.
+    /// with inputs copied to host memory and outputs copied back. <paramref name="run"/> gets the backend, the tensor →
+    /// buffer map of that backend and <paramref name="state"/>; call sites pass a <c>static</c> lambda and their captures
+    /// as a value tuple, and the tensor lists as spans (stack arrays), so the direct path allocates nothing.
     /// </summary>
+    /// <param name="op">The op, for <see cref="IBackend.SupportsOp"/>.</param>
+    /// <param name="inputs">Tensors the op reads (null entries: absent optional inputs).</param>
+    /// <param name="outputs">Tensors the op writes (copied back after a fallback run).</param>
+    /// <param name="state">What <paramref name="run"/> needs besides the backend and the buffers (shapes, tensors, options).</param>
+    /// <param name="run">Launches the op on the given backend.</param>
     /// <param name="onCpu">Run on the CPU backend even when this device has a kernel (degenerate shapes the kernels do not take).</param>
-    internal void Run(OpKind op, Tensor?[] inputs, Tensor[] outputs, Action<IBackend, Func<Tensor?, IDeviceBuffer?>> run, bool onCpu = false)
+    internal void Run<TState>(OpKind op, ReadOnlySpan<Tensor?> inputs, ReadOnlySpan<Tensor> outputs, TState state,
+        Action<IBackend, BufferMap, TState> run, bool onCpu = false)
     {
         lock (QueueLock)
         {
             var be = Backend;
-            if (be.SupportsOp(op) && !(onCpu && be.Kind != BackendKind.Cpu)) { run(be, t => t?.Buffer); return; }
+            if (be.SupportsOp(op) && !(onCpu && be.Kind != BackendKind.Cpu)) { run(be, default, state); return; }
             var cpu = _cpuFallback ??= new CpuBackend();
             var map = new Dictionary<Tensor, IDeviceBuffer>(ReferenceEqualityComparer.Instance);
             try
             {
-                foreach (var t in inputs.Concat(outputs))
+                void Copy(Tensor? t)
                 {
-                    if (t is null || map.ContainsKey(t)) continue;
+                    if (t is null || map.ContainsKey(t)) return;
                     var host = new float[t.Length];
                     be.Read(t.Buffer, 0, host);
                     var buf = cpu.Allocate(t.Length);
                     cpu.Write(buf, 0, host);
                     map[t] = buf;
                 }
-                run(cpu, t => t is null ? null : map[t]);
+                foreach (var t in inputs) Copy(t);
+                foreach (var t in outputs) Copy(t);
+                run(cpu, new BufferMap(map), state);
                 foreach (var t in outputs)
                 {
                     var host = new float[t.Length];
@@ -263,6 +273,12 @@ public sealed partial class Device : IDisposable
                 foreach (var b in map.Values) b.Dispose();
             }
         }
+    }
+
+    /// <summary>The buffers an op runs on: a tensor's own buffer (default), or its host copy on the CPU fallback.</summary>
+    internal readonly struct BufferMap(Dictionary<Tensor, IDeviceBuffer>? copies)
+    {
+        public IDeviceBuffer? this[Tensor? t] => t is null ? null : copies is null ? t.Buffer : copies[t];
     }
 
     /// <summary>True once <see cref="Dispose"/> has run.</summary>
