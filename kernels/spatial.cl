@@ -386,6 +386,62 @@ KERNEL grid_sample_backward_grid_blocked(GLOBAL const float* RESTRICT input, GLO
     }
 }
 
+// grad_input scatter for CPU devices, deterministic. Global [nCg, N], local [1, 1] with nCg = ceil(C / LANES): a work-item
+// owns channel group cg (channels c0 = cg*LANES .. c0+LANES-1) of image n and accumulates their grad_input channel-last
+// in its own scratch region [H*W][LANES], walking the points in order (per block of PB: corners resolved once, the
+// grad_out block transposed to [PB][LANES]); each corner adds LANES contiguous floats, a loop the device compiler turns
+// into one vector read-modify-write. The additions into each grad_input element happen in point order, as in
+// grid_sample_backward_input with one chunk. grid_sample_channel_last_to_nchw then writes grad_input.
+#define LANES 16
+KERNEL grid_sample_backward_input_blocked(GLOBAL const float* RESTRICT grid, GLOBAL const float* RESTRICT theta,
+                                          GLOBAL const float* RESTRICT grad_out, GLOBAL float* RESTRICT scratch,
+                                          int C, int H, int W, int Hout, int Wout, int use_theta, int mode, int padding, int align)
+{
+    const int cg = GRP(0), n = GRP(1), nCg = NGRP(0);
+    const int c0 = cg * LANES;
+    const int nc = C - c0 < LANES ? C - c0 : LANES;
+    const int64 P = (int64)Hout * Wout, plane = (int64)H * W;
+    GLOBAL float* sc = scratch + ((int64)n * nCg + cg) * plane * LANES;
+    for (int64 i = 0; i < plane * LANES; i++) sc[i] = 0.0f;
+    GLOBAL const float* go = grad_out + ((int64)n * C + c0) * P;
+    int o0[PB], o1[PB], o2[PB], o3[PB];
+    float w0[PB], w1[PB], w2[PB], w3[PB], axa[PB], aya[PB], dxa[PB], dya[PB];
+    float gt[PB * LANES];
+    for (int64 p0 = 0; p0 < P; p0 += PB) {
+        const int np = P - p0 < PB ? (int)(P - p0) : PB;
+        resolve_block(grid, theta, use_theta, mode, padding, align, n, p0, np, P, H, W, Hout, Wout,
+                      o0, o1, o2, o3, w0, w1, w2, w3, axa, aya, dxa, dya);
+        for (int l = 0; l < LANES; l++)
+            for (int i = 0; i < PB; i++)
+                gt[i * LANES + l] = l < nc && i < np ? go[(int64)l * P + p0 + i] : 0.0f;
+        for (int i = 0; i < np; i++) {
+            const float* g = gt + i * LANES;
+            if (o0[i] >= 0) { GLOBAL float* d = sc + (int64)o0[i] * LANES; const float w = w0[i]; for (int l = 0; l < LANES; l++) d[l] += w * g[l]; }
+            if (mode == 1) continue;
+            if (o1[i] >= 0) { GLOBAL float* d = sc + (int64)o1[i] * LANES; const float w = w1[i]; for (int l = 0; l < LANES; l++) d[l] += w * g[l]; }
+            if (o2[i] >= 0) { GLOBAL float* d = sc + (int64)o2[i] * LANES; const float w = w2[i]; for (int l = 0; l < LANES; l++) d[l] += w * g[l]; }
+            if (o3[i] >= 0) { GLOBAL float* d = sc + (int64)o3[i] * LANES; const float w = w3[i]; for (int l = 0; l < LANES; l++) d[l] += w * g[l]; }
+        }
+    }
+}
+
+// grad_input [N, C, H, W] from the channel-last scratch of grid_sample_backward_input_blocked. Global [ceil(H*W / PB), nCg, N],
+// local [1, 1, 1]: a work-item copies PB pixels of one channel group.
+KERNEL grid_sample_channel_last_to_nchw(GLOBAL const float* RESTRICT scratch, GLOBAL float* RESTRICT grad_input, int C, int64 plane)
+{
+    const int64 x0 = (int64)GRP(0) * PB;
+    const int cg = GRP(1), n = GRP(2), nCg = NGRP(1);
+    if (x0 >= plane) return;
+    const int c0 = cg * LANES;
+    const int nc = C - c0 < LANES ? C - c0 : LANES;
+    const int nx = plane - x0 < PB ? (int)(plane - x0) : PB;
+    GLOBAL const float* sc = scratch + (((int64)n * nCg + cg) * plane + x0) * LANES;
+    GLOBAL float* dst = grad_input + ((int64)n * C + c0) * plane + x0;
+    for (int l = 0; l < nc; l++)
+        for (int i = 0; i < nx; i++)
+            dst[(int64)l * plane + i] = sc[(int64)i * LANES + l];
+}
+
 // grad_grid (or, fused, the grid gradient into scratch): global as the forward. Sums over channels in order.
 KERNEL grid_sample_backward_grid(GLOBAL const float* RESTRICT input, GLOBAL const float* RESTRICT grid,
                                  GLOBAL const float* RESTRICT theta, GLOBAL const float* RESTRICT grad_out,

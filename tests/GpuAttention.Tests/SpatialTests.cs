@@ -355,9 +355,10 @@ public class SpatialTests(string backend)
     }
 
     /// <summary>
-    /// The CPU-device kernels (grid_sample_forward_blocked, grid_sample_backward_grid_blocked) with other point blocks than
-    /// the default: PB = 16 and 128 against shapes with fewer points than a block, several blocks and a tail, every option,
-    /// from a grid and fused from theta; out, grad_grid and grad_theta against the reference.
+    /// The CPU-device kernels (grid_sample_forward_blocked, grid_sample_backward_grid_blocked, the channel-last grad_input
+    /// scatter and its transposition) with other point blocks than the default: PB = 16 and 128 against shapes with fewer
+    /// points (and pixels) than a block, several blocks and a tail, 1 to 2 channel groups, every option, from a grid and
+    /// fused from theta; out, grad_input, grad_grid and grad_theta against the reference.
     /// </summary>
     [Test]
     public void CpuDeviceKernelsPointBlocks([Values(16, 128)] int pb)
@@ -371,7 +372,7 @@ public class SpatialTests(string backend)
         be.SetTuningOverride(space, space.Default(be.Limits).With("PB", pb));
         try
         {
-            foreach (var s in new Shape[] { new(2, 3, 7, 9, 5, 11), new(1, 5, 19, 37, 23, 29), new(3, 2, 4, 4, 1, 1) })
+            foreach (var s in new Shape[] { new(2, 3, 7, 9, 5, 11), new(1, 21, 19, 37, 23, 29), new(3, 2, 4, 4, 1, 1) })
             foreach (var o in AllOptions())
             {
                 string what = $"PB={pb} {s} {o}";
@@ -395,7 +396,8 @@ public class SpatialTests(string backend)
                 TestUtil.AssertClose(_device.Download(to), ReferenceOps.GridSample(di, dg, s.N, s.C, s.H, s.W, s.Hout, s.Wout, o), 1e-5, $"{what}: out");
                 _device.Fill(tgi, float.NaN); _device.Fill(tgg, float.NaN);
                 _device.GridSampleBackward(ti, tg, tgo, tgi, tgg, o);
-                var (_, rgg) = ReferenceOps.GridSampleBackward(di, dg, dgo, s.N, s.C, s.H, s.W, s.Hout, s.Wout, o);
+                var (rgi, rgg) = ReferenceOps.GridSampleBackward(di, dg, dgo, s.N, s.C, s.H, s.W, s.Hout, s.Wout, o);
+                TestUtil.AssertClose(_device.Download(tgi), rgi, 1e-4, $"{what}: grad_input");
                 var ggot = _device.Download(tgg);
                 if (o.Mode == GridSampleMode.Nearest) Assert.That(ggot, Is.All.EqualTo(0f), $"{what}: nearest grad_grid is zero");
                 else TestUtil.AssertClose(ggot, rgg, 1e-4, $"{what}: grad_grid");
@@ -407,7 +409,8 @@ public class SpatialTests(string backend)
                 if (o.Mode == GridSampleMode.Nearest) continue;
                 _device.Fill(tgi, float.NaN); _device.Fill(tgt, float.NaN);
                 _device.SpatialTransformBackward(ti, tt, tgo, tgi, tgt, o);
-                var (_, rgg2) = ReferenceOps.GridSampleBackward(di, rgrid, dgo, s.N, s.C, s.H, s.W, s.Hout, s.Wout, o);
+                var (rgi2, rgg2) = ReferenceOps.GridSampleBackward(di, rgrid, dgo, s.N, s.C, s.H, s.W, s.Hout, s.Wout, o);
+                TestUtil.AssertClose(_device.Download(tgi), rgi2, 1e-4, $"{what}: fused grad_input");
                 TestUtil.AssertClose(_device.Download(tgt), ReferenceOps.AffineGridBackward(rgg2, s.N, s.Hout, s.Wout, o.AlignCorners), 1e-4, $"{what}: grad_theta");
             }
         }

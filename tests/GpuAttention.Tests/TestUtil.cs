@@ -35,7 +35,11 @@ internal static class TestUtil
             switch (family)
             {
                 case "sdpa": be.SdpaVariant = KernelBackend.ParseVariant(variant); break;
-                case "spatial": be.SpatialVariant = KernelBackend.ParseVariant(variant, KernelBackend.SpatialVariantEnv); break;
+                case "spatial":
+                    be.SpatialVariant = KernelBackend.ParseVariant(variant, KernelBackend.SpatialVariantEnv);
+                    // the CPU-device grad_input scatter on every shape (by default small N·C takes the chunked one)
+                    if (be.SpatialVariant == KernelVariant.Cpu) be.ChannelLastScatterOverride = true;
+                    break;
                 default: d.Dispose(); throw new ArgumentException($"test backend spec: unknown kernel family '{family}' in '{spec}/{family}={variant}'");
             }
         }
@@ -63,6 +67,7 @@ internal static class TestUtil
     public static readonly string[] SdpaBackends = ["cpu", "opencl/sdpa=cpu", "opencl/sdpa=gpu", "cuda"];
 
     /// <summary>The spatial fixtures' backends: OpenCL once per grid_sample kernel variant (the CPU-device kernels
-    /// grid_sample_*_blocked and the GPU-style ones), whatever type the OpenCL device reports.</summary>
+    /// grid_sample_*_blocked, with the channel-last grad_input scatter forced on every shape, and the GPU-style ones),
+    /// whatever type the OpenCL device reports.</summary>
     public static readonly string[] SpatialBackends = ["cpu", "opencl/spatial=cpu", "opencl/spatial=gpu", "cuda"];
 }

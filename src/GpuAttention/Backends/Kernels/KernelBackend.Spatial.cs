@@ -67,6 +67,7 @@ internal abstract partial class KernelBackend : ISpatialBackend
     /// <summary>The spatial.cl configuration for the compile checks (one program per device).</summary>
     private static IEnumerable<KernelConfig> SpatialShippedConfigs(KernelDeviceLimits d) =>
         [new KernelConfig("spatial.cl", SpatialDefinesFor(SpatialTuning.Default(d), d), ["affine_grid_forward", "affine_grid_backward", "grid_sample_forward", "grid_sample_forward_blocked", "grid_sample_backward_grid_blocked",
+            "grid_sample_backward_input_blocked", "grid_sample_channel_last_to_nchw",
             "grid_sample_backward_grid", "grid_sample_backward_input", "grid_sample_sum_partials",
             "grid_sample_backward_input_atomic"])];
 
@@ -112,6 +113,37 @@ internal abstract partial class KernelBackend : ISpatialBackend
         Launch("spatial.cl", SpatialDefines, "grid_sample_forward", [RoundUp(P, wg), s.N], [wg, 1],
             [KernelArg.Of(a.Input), KernelArg.Of(a.Grid), KernelArg.Of(a.Theta), KernelArg.Of(a.Out), s.C, s.H, s.W, s.Hout, s.Wout, a.Theta is not null, (int)s.Mode, (int)s.Padding, s.AlignCorners]);
     }
+
+    /// <summary>Channels per work-item of grid_sample_backward_input_blocked (LANES in kernels/spatial.cl).</summary>
+    private const int ScatterLanes = 16;
+
+    /// <summary>
+    /// Whether the deterministic grad_input scatter runs the CPU-device kernels (grid_sample_backward_input_blocked, then
+    /// grid_sample_channel_last_to_nchw): with the CPU spatial variant, when there are at least two (image, channel group)
+    /// work-items per host core (a CPU device runs on this host's cores; with fewer, the chunked scatter spreads the points
+    /// instead), and when the channel-last scratch (N·⌈C/16⌉·H·W·16 floats) fits in one buffer.
+    /// </summary>
+    internal bool UsesChannelLastScatter(in GridSampleShape s)
+    {
+        if (!SpatialUsesCpuKernels) return false;
+        long groups = (long)s.N * ((s.C + ScatterLanes - 1) / ScatterLanes);
+        if (ChannelLastScatterOverride is { } force) return force && groups * s.H * s.W * ScatterLanes <= MaxBufferElements;
+        return groups >= 2L * Environment.ProcessorCount && groups * s.H * s.W * ScatterLanes <= MaxBufferElements;
+    }
+
+    /// <summary>Environment variable that forces the channel-last scatter on (<c>1</c>, any shape; with the CPU spatial variant) or off
+    /// (<c>0</c>), e.g. for `.ci/oclgrind`, whose small shapes would otherwise take the chunked scatter.</summary>
+    internal const string ChannelLastScatterEnv = "GPUATTENTION_CHANNEL_LAST_SCATTER";
+
+    /// <summary>Forces the channel-last scatter on (any shape) or off; null: <see cref="UsesChannelLastScatter"/> decides by shape.
+    /// Tests set it; the default comes from <see cref="ChannelLastScatterEnv"/>.</summary>
+    internal bool? ChannelLastScatterOverride { get; set; } = Environment.GetEnvironmentVariable(ChannelLastScatterEnv)?.Trim() switch
+    {
+        null or "" => null,
+        "1" => true,
+        "0" => false,
+        var v => throw new ArgumentException($"{ChannelLastScatterEnv}={v}: expected 1 or 0"),
+    };
 
     /// <summary>
     /// Channel block (work-group size) and number of point chunks of the grad_input scatter: a function of the shape
@@ -167,6 +199,18 @@ internal abstract partial class KernelBackend : ISpatialBackend
             Launch("spatial.cl", d, "grid_sample_backward_input_atomic", [RoundUp(P, wg), s.N], [wg, 1],
                 [KernelArg.Of(a.Grid), KernelArg.Of(a.Theta), KernelArg.Of(a.GradOut), KernelArg.Of(a.GradInput),
                  s.C, s.H, s.W, s.Hout, s.Wout, fused, (int)s.Mode, (int)s.Padding, s.AlignCorners]);
+        }
+        else if (s.C > 0 && UsesChannelLastScatter(s))
+        {
+            // CPU devices: one work-item per (image, group of 16 channels) accumulating channel-last, then one transposition.
+            int nCg = (s.C + ScatterLanes - 1) / ScatterLanes, pb = SpatialParams["PB"];
+            long plane = (long)s.H * s.W;
+            var scratch = Scratch("spatial.channel_last", (long)s.N * nCg * plane * ScatterLanes);
+            Launch("spatial.cl", d, "grid_sample_backward_input_blocked", [nCg, s.N], [1, 1],
+                [KernelArg.Of(a.Grid), KernelArg.Of(a.Theta), KernelArg.Of(a.GradOut), KernelArg.Of(scratch),
+                 s.C, s.H, s.W, s.Hout, s.Wout, fused, (int)s.Mode, (int)s.Padding, s.AlignCorners]);
+            Launch("spatial.cl", d, "grid_sample_channel_last_to_nchw", [(plane + pb - 1) / pb, nCg, s.N], [1, 1, 1],
+                [KernelArg.Of(scratch), KernelArg.Of(a.GradInput), s.C, plane]);
         }
         else if (s.C > 0)
         {
