@@ -9,8 +9,9 @@ namespace GpuAttention.Tests;
 /// SDPA forward and backward, split-key decoding, GEMM micro-kernels, glimpse with and without gamma, channel-first and
 /// channel-last grid_sample with several channel blocks, fused theta, affine_grid). Called on the backend directly, so
 /// the Device layer's own allocations are not counted. Allocations are counted over every thread (the worker pool
-/// included); each case runs twice first (grow-only scratch), then three calls are measured, and the least of three
-/// such measurements is taken, so that an unrelated allocation elsewhere in the process cannot fail the test.
+/// included); each case runs twice first (grow-only scratch), then three calls are measured, up to eight times with
+/// pauses between, and the least is taken: other threads of the process (the test host sending earlier tests' results)
+/// allocate now and then, while an allocation per call shows in every measurement.
 /// </summary>
 [NonParallelizable]
 public class CpuBackendAllocationTests
@@ -19,8 +20,9 @@ public class CpuBackendAllocationTests
     {
         op(); op();
         long least = long.MaxValue;
-        for (int attempt = 0; attempt < 3 && least > 0; attempt++)
+        for (int attempt = 0; attempt < 8 && least > 0; attempt++)
         {
+            if (attempt > 0) Thread.Sleep(25 * attempt);   // let other threads' work (the test host reporting results) pass
             long before = GC.GetTotalAllocatedBytes(precise: true);
             op(); op(); op();
             least = Math.Min(least, GC.GetTotalAllocatedBytes(precise: true) - before);
