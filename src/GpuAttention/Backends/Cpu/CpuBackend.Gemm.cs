@@ -22,24 +22,43 @@ internal sealed unsafe partial class CpuBackend : IGemmBackend
     /// <summary>True where the AVX-512 micro-kernel (4 rows × 64 columns, 16 zmm accumulators) runs; tests switch it off.</summary>
     internal static bool FastGemm = Avx512F.IsSupported && Vector512.IsHardwareAccelerated;
 
+    /// <summary>What a GEMM work item reads: <see cref="GemmArgs"/> without its buffers (their pointers instead), and the block counts.</summary>
+    private struct GemmCtx
+    {
+        public float* A, B, C;
+        public long OffA, StrideA, OffB, StrideB, OffC, StrideC;
+        public int M, N, K, Lda, Ldb, Ldc, RowBlocks, ColBlocks;
+        public bool TransA, TransB;
+        public float Alpha, Beta;
+    }
+
     public void Gemm(in GemmArgs g)
     {
         if (g.Batch == 0 || g.M == 0 || g.N == 0) return;
-        var a = g;
-        nint ap = (nint)B(g.A).Pointer, bp = (nint)B(g.B).Pointer, cp = (nint)B(g.C).Pointer;
         int rowBlocks = (g.M + GemmRowBlock - 1) / GemmRowBlock, colBlocks = (g.N + GemmColBlock - 1) / GemmColBlock;
-        long items = (long)g.Batch * rowBlocks * colBlocks;
-        Parallel.For(0L, items, item =>
+        int items = WorkItems((long)g.Batch * rowBlocks * colBlocks, "GEMM blocks");
+        var ctx = new GemmCtx
         {
-            int cb = (int)(item % colBlocks);
-            long rest = item / colBlocks;
-            int rb = (int)(rest % rowBlocks);
-            int t = (int)(rest / rowBlocks);
-            GemmBlock(a, t, rb * GemmRowBlock, cb * GemmColBlock, (float*)ap, (float*)bp, (float*)cp);
-        });
+            A = B(g.A).Pointer, B = B(g.B).Pointer, C = B(g.C).Pointer,
+            OffA = g.OffA, StrideA = g.StrideA, OffB = g.OffB, StrideB = g.StrideB, OffC = g.OffC, StrideC = g.StrideC,
+            M = g.M, N = g.N, K = g.K, Lda = g.Lda, Ldb = g.Ldb, Ldc = g.Ldc, RowBlocks = rowBlocks, ColBlocks = colBlocks,
+            TransA = g.TransA, TransB = g.TransB, Alpha = g.Alpha, Beta = g.Beta,
+        };
+        CpuWorkers.For(items, &GemmItem, &ctx);
     }
 
-    private static void GemmBlock(in GemmArgs g, int t, int m0, int n0, float* A, float* Bm, float* C)
+    /// <summary>Work item (batch t, row block rb, column block cb), column blocks fastest.</summary>
+    private static void GemmItem(void* pctx, int item)
+    {
+        ref readonly GemmCtx c = ref *(GemmCtx*)pctx;
+        int cb = item % c.ColBlocks;
+        int rest = item / c.ColBlocks;
+        int rb = rest % c.RowBlocks;
+        int t = rest / c.RowBlocks;
+        GemmBlock(c, t, rb * GemmRowBlock, cb * GemmColBlock, c.A, c.B, c.C);
+    }
+
+    private static void GemmBlock(in GemmCtx g, int t, int m0, int n0, float* A, float* Bm, float* C)
     {
         int W = Vector<float>.Count;
         int mb = Math.Min(GemmRowBlock, g.M - m0), nb = Math.Min(GemmColBlock, g.N - n0);

@@ -1,4 +1,3 @@
-using System.Buffers;
 using System.Numerics;
 using System.Runtime.CompilerServices;
 
@@ -59,121 +58,153 @@ internal sealed unsafe partial class CpuBackend : IGlimpseBackend
         }
     }
 
+    /// <summary>What a glimpse work item reads (Gamma, GradLogGamma: null when absent).</summary>
+    private struct GlimpseCtx
+    {
+        public GlimpseShape S;
+        public float* Image, Params, Gamma, Out, GradOut, GradImage, GradParams, GradLogGamma, Partials;
+        public long Part;                 // floats of one backward item's partial (dAy, then dAx)
+        public int Chunks, Per;           // channel chunks per image, channels per chunk
+        public bool XFirst;
+    }
+
+    // Backward partials of every work item (grow-only, per calling thread).
+    [ThreadStatic] private static float[]? t_glimpsePartials;
+
     public void GlimpseForward(in GlimpseForwardArgs a)
     {
         var s = a.Shape;
-        nint img = (nint)Ptr(a.Image), par = (nint)Ptr(a.Params), gam = (nint)Ptr(a.Gamma), outp = (nint)Ptr(a.Out);
-        int chunks = ChannelChunks(s), per = (s.C + chunks - 1) / chunks;
-        bool xFirst = s.XFirst;
-        Parallel.For(0, s.N * chunks, item =>
+        int chunks = ChannelChunks(s);
+        var ctx = new GlimpseCtx
         {
-            int n = item / chunks, c0 = item % chunks * per, c1 = Math.Min(s.C, c0 + per);
-            if (c0 >= c1) return;
-            int H = s.H, W = s.W, h = s.Gh, w = s.Gw;
-            float* ay = GlimpseScratch((long)H * h + (long)W * w + Math.Max((long)h * W, (long)H * w), out var pin);
-            float* ax = ay + (long)H * h, tmp = ax + (long)W * w;
-            float* p = (float*)par + n * 6;
-            Filterbank(ay, H, h, p[0], p[1], p[2]);
-            Filterbank(ax, W, w, p[3], p[4], p[5]);
-            float g = gam == 0 ? 1f : ((float*)gam)[n];
-            for (int ch = c0; ch < c1; ch++)
+            S = s, Image = Ptr(a.Image), Params = Ptr(a.Params), Gamma = Ptr(a.Gamma), Out = Ptr(a.Out),
+            Chunks = chunks, Per = (s.C + chunks - 1) / chunks, XFirst = s.XFirst,
+        };
+        CpuWorkers.For(WorkItems((long)s.N * chunks, "glimpse work items"), &GlimpseForwardItem, &ctx);
+    }
+
+    /// <summary>Work item (image n, chunk of channels): builds the filterbanks, then both products per channel.</summary>
+    private static void GlimpseForwardItem(void* pctx, int item)
+    {
+        ref readonly GlimpseCtx c = ref *(GlimpseCtx*)pctx;
+        ref readonly GlimpseShape s = ref c.S;
+        int chunks = c.Chunks, per = c.Per;
+        int n = item / chunks, c0 = item % chunks * per, c1 = Math.Min(s.C, c0 + per);
+        if (c0 >= c1) return;
+        int H = s.H, W = s.W, h = s.Gh, w = s.Gw;
+        float* ay = GlimpseScratch((long)H * h + (long)W * w + Math.Max((long)h * W, (long)H * w), out var pin);
+        float* ax = ay + (long)H * h, tmp = ax + (long)W * w;
+        float* p = c.Params + n * 6;
+        Filterbank(ay, H, h, p[0], p[1], p[2]);
+        Filterbank(ax, W, w, p[3], p[4], p[5]);
+        float g = c.Gamma == null ? 1f : c.Gamma[n];
+        for (int ch = c0; ch < c1; ch++)
+        {
+            float* im = c.Image + ((long)n * s.C + ch) * H * W;
+            float* o = c.Out + ((long)n * s.C + ch) * h * w;
+            if (c.XFirst)
             {
-                float* im = (float*)img + ((long)n * s.C + ch) * H * W;
-                float* o = (float*)outp + ((long)n * s.C + ch) * h * w;
-                if (xFirst)
-                {
-                    MatMul(im, W, 1, ax, w, tmp, w, H, w, W, 1f, false);      // T = img·Ax        [H, w]
-                    MatMul(ay, 1, h, tmp, w, o, w, h, w, H, g, false);        // out = γ·Ayᵀ·T     [h, w]
-                }
-                else
-                {
-                    MatMul(ay, 1, h, im, W, tmp, W, h, W, H, 1f, false);      // U = Ayᵀ·img       [h, W]
-                    MatMul(tmp, W, 1, ax, w, o, w, h, w, W, g, false);        // out = γ·U·Ax      [h, w]
-                }
+                MatMul(im, W, 1, ax, w, tmp, w, H, w, W, 1f, false);      // T = img·Ax        [H, w]
+                MatMul(ay, 1, h, tmp, w, o, w, h, w, H, g, false);        // out = γ·Ayᵀ·T     [h, w]
             }
-            GC.KeepAlive(pin);
-        });
+            else
+            {
+                MatMul(ay, 1, h, im, W, tmp, W, h, W, H, 1f, false);      // U = Ayᵀ·img       [h, W]
+                MatMul(tmp, W, 1, ax, w, o, w, h, w, W, g, false);        // out = γ·U·Ax      [h, w]
+            }
+        }
+        GC.KeepAlive(pin);
     }
 
     public void GlimpseBackward(in GlimpseBackwardArgs a)
     {
         var s = a.Shape;
-        int H = s.H, W = s.W, h = s.Gh, w = s.Gw;
-        nint img = (nint)Ptr(a.Image), par = (nint)Ptr(a.Params), gam = (nint)Ptr(a.Gamma), go = (nint)Ptr(a.GradOut);
-        nint gi = (nint)Ptr(a.GradImage), gp = (nint)Ptr(a.GradParams), glg = (nint)Ptr(a.GradLogGamma);
-        int chunks = ChannelChunks(s), per = (s.C + chunks - 1) / chunks;
-        bool xFirst = s.BackwardXFirst;
-        long part = (long)h * H + (long)W * w;                 // dAy (y-first: transposed [h, H]; x-first: [H, h]) then dAx [W, w] per work item
-        long partialsLen = (long)s.N * chunks * part;
-        var partials = ArrayPool<float>.Shared.Rent(checked((int)partialsLen));
-        try
+        int chunks = ChannelChunks(s);
+        long part = (long)s.Gh * s.H + (long)s.W * s.Gw;      // dAy (y-first: transposed [h, H]; x-first: [H, h]) then dAx [W, w] per work item
+        int items = WorkItems((long)s.N * chunks, "glimpse work items");
+        var ctx = new GlimpseCtx
         {
-            fixed (float* pp = partials)
+            S = s, Image = Ptr(a.Image), Params = Ptr(a.Params), Gamma = Ptr(a.Gamma), GradOut = Ptr(a.GradOut),
+            GradImage = Ptr(a.GradImage), GradParams = Ptr(a.GradParams), GradLogGamma = Ptr(a.GradLogGamma),
+            Partials = GrowScratch(ref t_glimpsePartials, items * part),
+            Part = part, Chunks = chunks, Per = (s.C + chunks - 1) / chunks, XFirst = s.BackwardXFirst,
+        };
+        CpuWorkers.For(items, &GlimpseBackwardItem, &ctx);
+        CpuWorkers.For(s.N, &GlimpseBackwardParamsItem, &ctx);
+    }
+
+    /// <summary>Work item (image n, chunk of channels): grad_image of its channels, and its partial dAy, dAx.</summary>
+    private static void GlimpseBackwardItem(void* pctx, int item)
+    {
+        ref readonly GlimpseCtx c = ref *(GlimpseCtx*)pctx;
+        ref readonly GlimpseShape s = ref c.S;
+        int H = s.H, W = s.W, h = s.Gh, w = s.Gw;
+        int chunks = c.Chunks, per = c.Per;
+        long part = c.Part;
+        int n = item / chunks, c0 = item % chunks * per, c1 = Math.Min(s.C, c0 + per);
+        float* dayT = c.Partials + item * part, dax = dayT + (long)h * H;
+        new Span<float>(dayT, (int)part).Clear();
+        if (c0 >= c1) return;
+        long fb = (long)H * h + (long)W * w;
+        float* ay = GlimpseScratch(fb + (long)w * W + 2 * Math.Max((long)h * W, (long)H * w), out var pin);
+        float* ax = ay + (long)H * h, axT = ax + (long)W * w, v = axT + (long)w * W, u = v + Math.Max((long)h * W, (long)H * w);
+        float* p = c.Params + n * 6;
+        Filterbank(ay, H, h, p[0], p[1], p[2]);
+        Filterbank(ax, W, w, p[3], p[4], p[5]);
+        for (int x = 0; x < W; x++)
+            for (int j = 0; j < w; j++) axT[(long)j * W + x] = ax[(long)x * w + j];
+        float g = c.Gamma == null ? 1f : c.Gamma[n];
+        for (int ch = c0; ch < c1; ch++)
+        {
+            float* im = c.Image + ((long)n * s.C + ch) * H * W;
+            float* gOut = c.GradOut + ((long)n * s.C + ch) * h * w;
+            float* gIm = c.GradImage + ((long)n * s.C + ch) * H * W;
+            if (c.XFirst)
             {
-                nint pt = (nint)pp;
-                Parallel.For(0, s.N * chunks, item =>
-                {
-                    int n = item / chunks, c0 = item % chunks * per, c1 = Math.Min(s.C, c0 + per);
-                    float* dayT = (float*)pt + item * part, dax = dayT + (long)h * H;
-                    new Span<float>(dayT, (int)part).Clear();
-                    if (c0 >= c1) return;
-                    long fb = (long)H * h + (long)W * w;
-                    float* ay = GlimpseScratch(fb + (long)w * W + 2 * Math.Max((long)h * W, (long)H * w), out var pin);
-                    float* ax = ay + (long)H * h, axT = ax + (long)W * w, v = axT + (long)w * W, u = v + Math.Max((long)h * W, (long)H * w);
-                    float* p = (float*)par + n * 6;
-                    Filterbank(ay, H, h, p[0], p[1], p[2]);
-                    Filterbank(ax, W, w, p[3], p[4], p[5]);
-                    for (int x = 0; x < W; x++)
-                        for (int j = 0; j < w; j++) axT[(long)j * W + x] = ax[(long)x * w + j];
-                    float g = gam == 0 ? 1f : ((float*)gam)[n];
-                    for (int ch = c0; ch < c1; ch++)
-                    {
-                        float* im = (float*)img + ((long)n * s.C + ch) * H * W;
-                        float* gOut = (float*)go + ((long)n * s.C + ch) * h * w;
-                        float* gIm = (float*)gi + ((long)n * s.C + ch) * H * W;
-                        if (xFirst)
-                        {
-                            float* pm = v, tm = v + (long)H * w;
-                            MatMul(ay, h, 1, gOut, w, pm, w, H, w, h, g, false);   // P = γ·Ay·G           [H, w]
-                            MatMul(pm, w, 1, axT, W, gIm, W, H, W, w, 1f, false);  // grad_img = P·Axᵀ     [H, W]
-                            MatMul(im, 1, W, pm, w, dax, w, W, w, H, 1f, true);    // dAx += imgᵀ·P        [W, w]
-                            MatMul(im, W, 1, ax, w, tm, w, H, w, W, g, false);     // T = γ·img·Ax         [H, w]
-                            MatMulABt(tm, gOut, dayT, h, H, h, w);                 // dAy += T·Gᵀ          [H, h]
-                        }
-                        else
-                        {
-                            MatMul(gOut, w, 1, axT, W, v, W, h, W, w, g, false);   // V = γ·G·Axᵀ          [h, W]
-                            MatMul(ay, h, 1, v, W, gIm, W, H, W, h, 1f, false);    // grad_img = Ay·V      [H, W]
-                            MatMulABt(v, im, dayT, H, h, H, W);                    // dAyᵀ += V·imgᵀ       [h, H]
-                            MatMul(ay, 1, h, im, W, u, W, h, W, H, 1f, false);     // U = Ayᵀ·img          [h, W]
-                            MatMul(u, 1, W, gOut, w, dax, w, W, w, h, g, true);    // dAx += γ·Uᵀ·G        [W, w]
-                        }
-                    }
-                    GC.KeepAlive(pin);
-                });
-                Parallel.For(0, s.N, n =>
-                {
-                    float* total = GlimpseScratch(part + (long)H * h + (long)W * w, out var pin);
-                    float* ay = total + part, ax = ay + (long)H * h;
-                    var tot = new Span<float>(total, (int)part);
-                    new ReadOnlySpan<float>((float*)pt + (long)n * chunks * part, (int)part).CopyTo(tot);
-                    for (int k = 1; k < chunks; k++)
-                        System.Numerics.Tensors.TensorPrimitives.Add(tot, new ReadOnlySpan<float>((float*)pt + ((long)n * chunks + k) * part, (int)part), tot);
-                    float* p = (float*)par + n * 6;
-                    Filterbank(ay, H, h, p[0], p[1], p[2]);
-                    Filterbank(ax, W, w, p[3], p[4], p[5]);
-                    float* dp = (float*)gp + n * 6;
-                    // y-first holds dAy transposed ([h, H]: element (c, r) at r*H + c); x-first as [H, h].
-                    float sy = xFirst
-                        ? FilterbankBackward(ay, total, h, 1, H, h, p[0], p[1], p[2], out dp[0], out dp[1], out dp[2])
-                        : FilterbankBackward(ay, total, 1, H, H, h, p[0], p[1], p[2], out dp[0], out dp[1], out dp[2]);
-                    FilterbankBackward(ax, total + (long)h * H, w, 1, W, w, p[3], p[4], p[5], out dp[3], out dp[4], out dp[5]);
-                    if (glg != 0) ((float*)glg)[n] = sy;
-                    GC.KeepAlive(pin);
-                });
+                float* pm = v, tm = v + (long)H * w;
+                MatMul(ay, h, 1, gOut, w, pm, w, H, w, h, g, false);   // P = γ·Ay·G           [H, w]
+                MatMul(pm, w, 1, axT, W, gIm, W, H, W, w, 1f, false);  // grad_img = P·Axᵀ     [H, W]
+                MatMul(im, 1, W, pm, w, dax, w, W, w, H, 1f, true);    // dAx += imgᵀ·P        [W, w]
+                MatMul(im, W, 1, ax, w, tm, w, H, w, W, g, false);     // T = γ·img·Ax         [H, w]
+                MatMulABt(tm, gOut, dayT, h, H, h, w);                 // dAy += T·Gᵀ          [H, h]
+            }
+            else
+            {
+                MatMul(gOut, w, 1, axT, W, v, W, h, W, w, g, false);   // V = γ·G·Axᵀ          [h, W]
+                MatMul(ay, h, 1, v, W, gIm, W, H, W, h, 1f, false);    // grad_img = Ay·V      [H, W]
+                MatMulABt(v, im, dayT, H, h, H, W);                    // dAyᵀ += V·imgᵀ       [h, H]
+                MatMul(ay, 1, h, im, W, u, W, h, W, H, 1f, false);     // U = Ayᵀ·img          [h, W]
+                MatMul(u, 1, W, gOut, w, dax, w, W, w, h, g, true);    // dAx += γ·Uᵀ·G        [W, w]
             }
         }
-        finally { ArrayPool<float>.Shared.Return(partials); }
+        GC.KeepAlive(pin);
+    }
+
+    /// <summary>Work item n: sums image n's partials in chunk order (deterministic), then grad_params and ∂L/∂log γ of image n.</summary>
+    private static void GlimpseBackwardParamsItem(void* pctx, int n)
+    {
+        ref readonly GlimpseCtx c = ref *(GlimpseCtx*)pctx;
+        ref readonly GlimpseShape s = ref c.S;
+        int H = s.H, W = s.W, h = s.Gh, w = s.Gw;
+        int chunks = c.Chunks;
+        long part = c.Part;
+        float* total = GlimpseScratch(part + (long)H * h + (long)W * w, out var pin);
+        float* ay = total + part, ax = ay + (long)H * h;
+        var tot = new Span<float>(total, (int)part);
+        new ReadOnlySpan<float>(c.Partials + (long)n * chunks * part, (int)part).CopyTo(tot);
+        for (int k = 1; k < chunks; k++)
+            System.Numerics.Tensors.TensorPrimitives.Add(tot, new ReadOnlySpan<float>(c.Partials + ((long)n * chunks + k) * part, (int)part), tot);
+        float* p = c.Params + n * 6;
+        Filterbank(ay, H, h, p[0], p[1], p[2]);
+        Filterbank(ax, W, w, p[3], p[4], p[5]);
+        float* dp = c.GradParams + n * 6;
+        // y-first holds dAy transposed ([h, H]: element (c, r) at r*H + c); x-first as [H, h].
+        float sy = c.XFirst
+            ? FilterbankBackward(ay, total, h, 1, H, h, p[0], p[1], p[2], out dp[0], out dp[1], out dp[2])
+            : FilterbankBackward(ay, total, 1, H, H, h, p[0], p[1], p[2], out dp[0], out dp[1], out dp[2]);
+        FilterbankBackward(ax, total + (long)h * H, w, 1, W, w, p[3], p[4], p[5], out dp[3], out dp[4], out dp[5]);
+        if (c.GradLogGamma != null) c.GradLogGamma[n] = sy;
+        GC.KeepAlive(pin);
     }
 
     /// <summary>

@@ -19,64 +19,60 @@ internal sealed unsafe partial class CpuBackend : ISdpaBackend
 
     private static float* Ptr(IDeviceBuffer? b) => b is null ? null : B(b).Pointer;
 
+    /// <summary>What a portable SDPA forward work item reads (Parts: null unless the keys are split).</summary>
+    private struct SdpaCtx
+    {
+        public SdpaShape S;
+        public float* Q, K, V, Mask, O, Lse, Parts;
+        public int QBlocks, Splits, KeyChunk, PartStride;
+    }
+
     public void SdpaForward(in SdpaForwardArgs a)
     {
         var s = a.Shape;
         if (s.B == 0 || s.Hq == 0 || s.L == 0) return;
         if (FastSdpa) { SdpaForwardFast(a); return; }
-        nint q = (nint)Ptr(a.Q), k = (nint)Ptr(a.K), v = (nint)Ptr(a.V), mask = (nint)Ptr(a.Mask), o = (nint)Ptr(a.Out), lse = (nint)Ptr(a.Lse);
         int qBlocks = (s.L + QueryBlock - 1) / QueryBlock;
         long items = (long)s.B * s.Hq * qBlocks;
-        var shape = s;
 
         // Few query blocks (decoding, L = 1): split the keys into chunks so every core has work (flash-decoding),
         // then combine the partial (max, sum, accumulator) triples of each row.
         int threads = Environment.ProcessorCount;
         int splits = items >= 2 * threads ? 1 : (int)Math.Min((2 * threads + items - 1) / items, Math.Max(1, s.S / (2 * KeyBlock)));
         if (s.Causal) splits = 1;
+        var ctx = new SdpaCtx
+        {
+            S = s, Q = Ptr(a.Q), K = Ptr(a.K), V = Ptr(a.V), Mask = Ptr(a.Mask), O = Ptr(a.Out), Lse = Ptr(a.Lse),
+            QBlocks = qBlocks, Splits = splits, KeyChunk = (s.S + splits - 1) / splits, PartStride = QueryBlock * (s.Ev + 2),
+        };
+        int work = WorkItems(items * splits, "attention rows");
         if (splits == 1)
         {
-            Parallel.For(0L, items, item =>
-            {
-                int qb = (int)(item % qBlocks);
-                long bh = item / qBlocks;
-                SdpaBlock(shape, (int)(bh / shape.Hq), (int)(bh % shape.Hq), qb * QueryBlock, 0, shape.S,
-                    (float*)q, (float*)k, (float*)v, (float*)mask, (float*)o, (float*)lse, null);
-            });
+            CpuWorkers.For(work, &SdpaItem, &ctx);
             return;
         }
+        float* pp = ctx.Parts = GrowScratch(ref s_splitParts, items * splits * ctx.PartStride);
+        CpuWorkers.For(work, &SdpaItem, &ctx);
+        for (long item = 0; item < items; item++)
+        {
+            int qb = (int)(item % qBlocks);
+            long bh = item / qBlocks;
+            int i0 = qb * QueryBlock, qn = Math.Min(QueryBlock, s.L - i0);
+            CombineSplits(s, bh, i0, qn, QueryBlock, splits, pp + item * splits * ctx.PartStride, ctx.PartStride, ctx.O, ctx.Lse);
+        }
+    }
 
-        int chunk = (s.S + splits - 1) / splits;
-        int partStride = QueryBlock * (s.Ev + 2);
-        var parts = System.Buffers.ArrayPool<float>.Shared.Rent(checked((int)(items * splits * partStride)));
-        try
-        {
-            fixed (float* pp = parts)
-            {
-                nint partsPtr = (nint)pp;
-                Parallel.For(0L, items * splits, work =>
-                {
-                    long item = work / splits;
-                    int c = (int)(work % splits);
-                    int qb = (int)(item % qBlocks);
-                    long bh = item / qBlocks;
-                    int j0 = c * chunk, j1 = Math.Min(shape.S, j0 + chunk);
-                    SdpaBlock(shape, (int)(bh / shape.Hq), (int)(bh % shape.Hq), qb * QueryBlock, j0, Math.Max(j0, j1),
-                        (float*)q, (float*)k, (float*)v, (float*)mask, (float*)o, (float*)lse, (float*)partsPtr + work * partStride);
-                });
-                for (long item = 0; item < items; item++)
-                {
-                    int qb = (int)(item % qBlocks);
-                    long bh = item / qBlocks;
-                    int i0 = qb * QueryBlock, qn = Math.Min(QueryBlock, s.L - i0);
-                    CombineSplits(s, bh, i0, qn, QueryBlock, splits, pp + item * splits * partStride, partStride, (float*)o, (float*)lse);
-                }
-            }
-        }
-        finally
-        {
-            System.Buffers.ArrayPool<float>.Shared.Return(parts);
-        }
+    /// <summary>Work item (batch·head, query block[, key chunk]): one <see cref="SdpaBlock"/>, to out/lse or to its partial.</summary>
+    private static void SdpaItem(void* pctx, int work)
+    {
+        ref readonly SdpaCtx c = ref *(SdpaCtx*)pctx;
+        ref readonly SdpaShape s = ref c.S;
+        int item = work / c.Splits, split = work % c.Splits;
+        int qb = item % c.QBlocks;
+        int bh = item / c.QBlocks;
+        int j0 = split * c.KeyChunk, j1 = Math.Min(s.S, j0 + c.KeyChunk);
+        SdpaBlock(s, bh / s.Hq, bh % s.Hq, qb * QueryBlock, j0, Math.Max(j0, j1),
+            c.Q, c.K, c.V, c.Mask, c.O, c.Lse, c.Parts == null ? null : c.Parts + (long)work * c.PartStride);
     }
 
     /// <summary>

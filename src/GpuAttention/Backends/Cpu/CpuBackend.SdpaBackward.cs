@@ -17,6 +17,11 @@ internal sealed unsafe partial class CpuBackend : ISdpaBackwardBackend
     internal const int BwdKeyBlock = 64;
 
     [ThreadStatic] private static float[]? t_bwdScratch;
+    // D = rowsum(dO∘O) of a backward call (grow-only, per calling thread).
+    [ThreadStatic] private static float[]? t_bwdD;
+
+    /// <summary>Query rows per work item of pass (1).</summary>
+    private const int DRowChunk = 256;
 
     public void SdpaBackward(in SdpaBackwardArgs a)
     {
@@ -26,46 +31,53 @@ internal sealed unsafe partial class CpuBackend : ISdpaBackwardBackend
         Clear(dq, a.GradQ.Length); Clear(dk, a.GradK.Length); Clear(dv, a.GradV.Length);
         if (s.B == 0 || s.Hq == 0 || s.L == 0 || s.S == 0) return;
 
-        var shape = s;
-        nint qp = (nint)Ptr(a.Q), kp = (nint)Ptr(a.K), vp = (nint)Ptr(a.V), mp = (nint)Ptr(a.Mask), op = (nint)Ptr(a.Out),
-             lp = (nint)Ptr(a.Lse), gop = (nint)Ptr(a.GradOut), dqp = (nint)dq, dkp = (nint)dk, dvp = (nint)dv;
-
-        using var dBuf = new CpuBuffer((long)s.B * s.Hq * s.L);
-        nint dp = (nint)dBuf.Pointer;
         long rows = (long)s.B * s.Hq * s.L;
-        const int RowChunk = 256;
-        Parallel.For(0L, (rows + RowChunk - 1) / RowChunk, c =>
+        if (rows > Array.MaxLength) throw new NotSupportedException($"too many attention rows for one call ({rows}; at most {Array.MaxLength})");
+        var ctx = new BwdCtx
         {
-            long r1 = Math.Min(rows, (c + 1) * RowChunk);
-            for (long r = c * RowChunk; r < r1; r++)
-                ((float*)dp)[r] = shape.Ev == 0 ? 0f : TensorPrimitives.Dot(new ReadOnlySpan<float>((float*)gop + r * shape.Ev, shape.Ev),
-                    new ReadOnlySpan<float>((float*)op + r * shape.Ev, shape.Ev));
-        });
+            S = s, Q = Ptr(a.Q), K = Ptr(a.K), V = Ptr(a.V), Mask = Ptr(a.Mask), Out = Ptr(a.Out), Lse = Ptr(a.Lse),
+            GradOut = Ptr(a.GradOut), D = GrowScratch(ref t_bwdD, rows), Dq = dq, Dk = dk, Dv = dv, Rows = rows,
+        };
+        CpuWorkers.For((int)((rows + DRowChunk - 1) / DRowChunk), &BwdDItem, &ctx);
 
         if (FastSdpa)
         {
-            SdpaBackwardFast(shape, (float*)qp, (float*)kp, (float*)vp, (float*)mp, (float*)lp, (float*)gop, (float*)dp,
-                (float*)dqp, (float*)dkp, (float*)dvp);
+            SdpaBackwardFast(ref ctx);
             return;
         }
 
-        int kBlocks = (s.S + BwdKeyBlock - 1) / BwdKeyBlock;
-        Parallel.For(0L, (long)s.B * s.Hkv * kBlocks, item =>
-        {
-            int kb = (int)(item % kBlocks);
-            long bhk = item / kBlocks;
-            KeyBlockGrads(shape, (int)(bhk / shape.Hkv), (int)(bhk % shape.Hkv), kb * BwdKeyBlock, (float*)qp, (float*)kp, (float*)vp,
-                (float*)mp, (float*)lp, (float*)gop, (float*)dp, (float*)dkp, (float*)dvp);
-        });
+        ctx.KBlocks = (s.S + BwdKeyBlock - 1) / BwdKeyBlock;
+        ctx.QBlocks = (s.L + BwdQueryBlock - 1) / BwdQueryBlock;
+        CpuWorkers.For(WorkItems((long)s.B * s.Hkv * ctx.KBlocks, "attention keys"), &BwdKeyBlockItem, &ctx);
+        CpuWorkers.For(WorkItems((long)s.B * s.Hq * ctx.QBlocks, "attention rows"), &BwdQueryBlockItem, &ctx);
+    }
 
-        int qBlocks = (s.L + BwdQueryBlock - 1) / BwdQueryBlock;
-        Parallel.For(0L, (long)s.B * s.Hq * qBlocks, item =>
-        {
-            int qb = (int)(item % qBlocks);
-            long bh = item / qBlocks;
-            QueryBlockGrads(shape, (int)(bh / shape.Hq), (int)(bh % shape.Hq), qb * BwdQueryBlock, (float*)qp, (float*)kp, (float*)vp,
-                (float*)mp, (float*)lp, (float*)gop, (float*)dp, (float*)dqp);
-        });
+    /// <summary>Pass (1), rows c·DRowChunk .. : D[r] = Σ dO[r, :]∘O[r, :].</summary>
+    private static void BwdDItem(void* pctx, int c)
+    {
+        ref readonly BwdCtx x = ref *(BwdCtx*)pctx;
+        int Ev = x.S.Ev;
+        long r1 = Math.Min(x.Rows, (c + 1L) * DRowChunk);
+        for (long r = (long)c * DRowChunk; r < r1; r++)
+            x.D[r] = Ev == 0 ? 0f : TensorPrimitives.Dot(new ReadOnlySpan<float>(x.GradOut + r * Ev, Ev), new ReadOnlySpan<float>(x.Out + r * Ev, Ev));
+    }
+
+    /// <summary>Pass (2) on this path: work item (batch, key head, key block).</summary>
+    private static void BwdKeyBlockItem(void* pctx, int item)
+    {
+        ref readonly BwdCtx c = ref *(BwdCtx*)pctx;
+        int kb = item % c.KBlocks;
+        int bhk = item / c.KBlocks;
+        KeyBlockGrads(c.S, bhk / c.S.Hkv, bhk % c.S.Hkv, kb * BwdKeyBlock, c.Q, c.K, c.V, c.Mask, c.Lse, c.GradOut, c.D, c.Dk, c.Dv);
+    }
+
+    /// <summary>Pass (3) on this path: work item (batch, query head, query block).</summary>
+    private static void BwdQueryBlockItem(void* pctx, int item)
+    {
+        ref readonly BwdCtx c = ref *(BwdCtx*)pctx;
+        int qb = item % c.QBlocks;
+        int bh = item / c.QBlocks;
+        QueryBlockGrads(c.S, bh / c.S.Hq, bh % c.S.Hq, qb * BwdQueryBlock, c.Q, c.K, c.V, c.Mask, c.Lse, c.GradOut, c.D, c.Dq);
     }
 
     private static void Clear(float* p, long n)

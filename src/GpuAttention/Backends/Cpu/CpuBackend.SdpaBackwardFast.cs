@@ -17,19 +17,25 @@ internal sealed unsafe partial class CpuBackend
 {
     internal const int BQB = 64;   // query rows per backward tile (a multiple of 4)
 
+    /// <summary>
+    /// What a backward work item reads: the op's tensors and D (set by <see cref="SdpaBackward"/>), then the blocking of
+    /// the path that runs (KBlocks, QBlocks) and, on this path, the packed operands.
+    /// </summary>
     private struct BwdCtx
     {
         public SdpaShape S;
-        public float* Q, K, V, Mask, Lse, GradOut, D, Dq, Dk, Dv, Kt, Vt, Kp;
+        public float* Q, K, V, Mask, Out, Lse, GradOut, D, Dq, Dk, Dv, Kt, Vt, Kp;
+        public long Rows;
         public int EPad, EvPad, KBlocks, QBlocks, KpStride;
     }
 
     // The packed Kᵀ / Vᵀ (and padded K) of a backward call (grow-only, per calling thread: no allocation in steady state).
     [ThreadStatic] private static float[]? t_bwdPack;
 
-    private static void SdpaBackwardFast(in SdpaShape s, float* q, float* k, float* v, float* mask, float* lse, float* gradOut,
-        float* d, float* dq, float* dk, float* dv)
+    /// <summary>Passes 2 and 3 on this path; <paramref name="ctx"/> holds the tensors and D.</summary>
+    private static void SdpaBackwardFast(ref BwdCtx ctx)
     {
+        ref readonly SdpaShape s = ref ctx.S;
         int EPad = (s.E + 15) & ~15, EvPad = (s.Ev + 15) & ~15;
         int kBlocks = (s.S + FKB - 1) / FKB;
         long heads = (long)s.B * s.Hkv;
@@ -42,17 +48,16 @@ internal sealed unsafe partial class CpuBackend
         fixed (float* pb = buf)
         {
             float* baseP = (float*)(((nint)pb + 63) & ~(nint)63);
-            var ctx = new BwdCtx
-            {
-                S = s, Q = q, K = k, V = v, Mask = mask, Lse = lse, GradOut = gradOut, D = d, Dq = dq, Dk = dk, Dv = dv,
-                Kt = baseP, Vt = baseP + ktLen, Kp = padK ? baseP + ktLen + vtLen : k, KpStride = padK ? EPad : s.E,
-                EPad = EPad, EvPad = EvPad, KBlocks = kBlocks, QBlocks = (s.L + BQB - 1) / BQB,
-            };
+            ctx.Kt = baseP; ctx.Vt = baseP + ktLen; ctx.Kp = padK ? baseP + ktLen + vtLen : ctx.K; ctx.KpStride = padK ? EPad : s.E;
+            ctx.EPad = EPad; ctx.EvPad = EvPad; ctx.KBlocks = kBlocks; ctx.QBlocks = (s.L + BQB - 1) / BQB;
             if (heads * kBlocks > int.MaxValue || (long)s.B * s.Hq * ctx.QBlocks > int.MaxValue)
                 throw new NotSupportedException("too many attention rows for one call");
-            CpuWorkers.For((int)(heads * kBlocks), &BwdPackItem, &ctx);
-            CpuWorkers.For((int)(heads * kBlocks), &BwdKeyItem, &ctx);
-            CpuWorkers.For((int)((long)s.B * s.Hq * ctx.QBlocks), &BwdQueryItem, &ctx);
+            fixed (BwdCtx* pc = &ctx)
+            {
+                CpuWorkers.For((int)(heads * kBlocks), &BwdPackItem, pc);
+                CpuWorkers.For((int)(heads * kBlocks), &BwdKeyItem, pc);
+                CpuWorkers.For((int)((long)s.B * s.Hq * ctx.QBlocks), &BwdQueryItem, pc);
+            }
         }
     }
 

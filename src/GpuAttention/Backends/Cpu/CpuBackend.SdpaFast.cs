@@ -95,20 +95,14 @@ internal sealed unsafe partial class CpuBackend
             CpuWorkers.For((int)items, &FastItem, &ctx);
             return;
         }
-        long partsLen = items * splits * ctx.PartStride;
-        var parts = s_splitParts;
-        if (parts is null || parts.Length < partsLen) s_splitParts = parts = GC.AllocateUninitializedArray<float>(checked((int)partsLen), pinned: true);
-        fixed (float* pp = parts)
+        float* pp = ctx.Parts = GrowScratch(ref s_splitParts, items * splits * ctx.PartStride);
+        CpuWorkers.For((int)(items * splits), &FastItem, &ctx);
+        for (long item = 0; item < items; item++)
         {
-            ctx.Parts = pp;
-            CpuWorkers.For((int)(items * splits), &FastItem, &ctx);
-            for (long item = 0; item < items; item++)
-            {
-                int qc = (int)(item % qChunks);
-                long bh = item / qChunks;
-                int i0 = qc * chunkRows, qn = Math.Min(chunkRows, s.L - i0);
-                CombineSplits(s, bh, i0, qn, chunkRows, splits, pp + item * splits * ctx.PartStride, ctx.PartStride, ctx.O, ctx.Lse);
-            }
+            int qc = (int)(item % qChunks);
+            long bh = item / qChunks;
+            int i0 = qc * chunkRows, qn = Math.Min(chunkRows, s.L - i0);
+            CombineSplits(s, bh, i0, qn, chunkRows, splits, pp + item * splits * ctx.PartStride, ctx.PartStride, ctx.O, ctx.Lse);
         }
         }
     }
@@ -133,7 +127,7 @@ internal sealed unsafe partial class CpuBackend
         }
     }
 
-    // Split-key partials (grow-only, per calling thread; only the decoding path uses them).
+    // Split-key partials of both SDPA forward paths (grow-only, per calling thread; only decoding shapes use them).
     [ThreadStatic] private static float[]? s_splitParts;
 
     private static void FastItem(void* pctx, int work)

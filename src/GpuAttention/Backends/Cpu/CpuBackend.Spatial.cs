@@ -1,4 +1,3 @@
-using System.Buffers;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
@@ -28,34 +27,52 @@ internal sealed unsafe partial class CpuBackend : ISpatialBackend
     internal static float AffineBase(int i, int n, bool align) =>
         n <= 1 ? 0f : align ? 2f * i / (n - 1) - 1f : (2f * i + 1f) / n - 1f;
 
+    /// <summary>What an affine_grid work item reads.</summary>
+    private struct AffineCtx
+    {
+        public float* Theta, Grid;   // forward: theta in, grid out; backward: grad_theta out, grad_grid in
+        public int H, W;
+        public bool Align;
+    }
+
     public void AffineGrid(in AffineGridArgs a)
     {
         int N = a.N, H = a.H, W = a.W;
-        bool align = a.AlignCorners;
         if ((long)N * H * W == 0) return;
-        nint tp = (nint)B(a.Theta).Pointer, gp = (nint)B(a.Grid).Pointer;
-        Parallel.For(0L, (long)N * H, row =>
+        var ctx = new AffineCtx { Theta = B(a.Theta).Pointer, Grid = B(a.Grid).Pointer, H = H, W = W, Align = a.AlignCorners };
+        CpuWorkers.For(WorkItems((long)N * H, "affine_grid rows"), &AffineGridRowItem, &ctx);
+    }
+
+    /// <summary>Work item: grid row (n, h).</summary>
+    private static void AffineGridRowItem(void* pctx, int row)
+    {
+        ref readonly AffineCtx c = ref *(AffineCtx*)pctx;
+        int H = c.H, W = c.W;
+        bool align = c.Align;
+        int n = row / H, h = row % H;
+        float* t = c.Theta + n * 6L;
+        float* g = c.Grid + (long)row * W * 2;
+        float y = AffineBase(h, H, align);
+        float cx = t[1] * y + t[2], cy = t[4] * y + t[5];
+        for (int w = 0; w < W; w++)
         {
-            int n = (int)(row / H), h = (int)(row % H);
-            float* t = (float*)tp + n * 6L;
-            float* g = (float*)gp + row * W * 2;
-            float y = AffineBase(h, H, align);
-            float cx = t[1] * y + t[2], cy = t[4] * y + t[5];
-            for (int w = 0; w < W; w++)
-            {
-                float x = AffineBase(w, W, align);
-                g[2 * w] = t[0] * x + cx;
-                g[2 * w + 1] = t[3] * x + cy;
-            }
-        });
+            float x = AffineBase(w, W, align);
+            g[2 * w] = t[0] * x + cx;
+            g[2 * w + 1] = t[3] * x + cy;
+        }
     }
 
     public void AffineGridBackward(in AffineGridBackwardArgs a)
     {
-        int N = a.N, H = a.H, W = a.W;
-        bool align = a.AlignCorners;
-        nint gp = (nint)B(a.GradGrid).Pointer, tp = (nint)B(a.GradTheta).Pointer;
-        Parallel.For(0, N, n => AffineGridBackwardOne((float*)gp + (long)n * H * W * 2, (float*)tp + n * 6L, H, W, align));
+        var ctx = new AffineCtx { Theta = B(a.GradTheta).Pointer, Grid = B(a.GradGrid).Pointer, H = a.H, W = a.W, Align = a.AlignCorners };
+        CpuWorkers.For(a.N, &AffineGridBackwardItem, &ctx);
+    }
+
+    /// <summary>Work item: grad_theta of image n.</summary>
+    private static void AffineGridBackwardItem(void* pctx, int n)
+    {
+        ref readonly AffineCtx c = ref *(AffineCtx*)pctx;
+        AffineGridBackwardOne(c.Grid + (long)n * c.H * c.W * 2, c.Theta + n * 6L, c.H, c.W, c.Align);
     }
 
     /// <summary>grad_theta of one image: fixed-order sums in double (rows, then the row's points).</summary>
@@ -293,28 +310,36 @@ internal sealed unsafe partial class CpuBackend : ISpatialBackend
         if (s.N == 0 || s.C == 0 || P == 0) return;
         if (UseFastGridSample(s)) { GridSampleFast(a); return; }
         long tiles = (P + PointTile - 1) / PointTile;
-        nint ip = (nint)B(a.Input).Pointer, op = (nint)B(a.Out).Pointer;
-        nint gp = a.Grid is null ? 0 : (nint)B(a.Grid).Pointer, tp = a.Theta is null ? 0 : (nint)B(a.Theta).Pointer;
-        var shape = s;
-        Parallel.For(0L, s.N * tiles, item =>
+        var ctx = new GsCtx
         {
-            int n = (int)(item / tiles);
-            long p0 = item % tiles * PointTile;
-            int count = (int)Math.Min(PointTile, P - p0);
-            var (ints, flts) = SpatialScratch();
-            fixed (int* ii = ints) fixed (float* ff = flts)
+            S = s, Input = B(a.Input).Pointer, Out = B(a.Out).Pointer, Grid = a.Grid is null ? null : B(a.Grid).Pointer,
+            Theta = a.Theta is null ? null : B(a.Theta).Pointer, Tiles = tiles,
+        };
+        CpuWorkers.For(WorkItems(s.N * tiles, "grid_sample point tiles"), &GridSampleTileItem, &ctx);
+    }
+
+    /// <summary>Work item (image n, tile of PointTile output points): resolves the tile, then samples every channel.</summary>
+    private static void GridSampleTileItem(void* pctx, int item)
+    {
+        ref readonly GsCtx c = ref *(GsCtx*)pctx;
+        ref readonly GridSampleShape shape = ref c.S;
+        long P = shape.OutPoints;
+        int n = (int)(item / c.Tiles);
+        long p0 = item % c.Tiles * PointTile;
+        int count = (int)Math.Min(PointTile, P - p0);
+        var (ints, flts) = SpatialScratch();
+        fixed (int* ii = ints) fixed (float* ff = flts)
+        {
+            ResolveTile(shape, c.Grid, c.Theta, n, p0, count, ii, ff);
+            long plane = (long)shape.H * shape.W;
+            for (int ch = 0; ch < shape.C; ch++)
             {
-                ResolveTile(shape, (float*)gp, (float*)tp, n, p0, count, ii, ff);
-                long plane = (long)shape.H * shape.W;
-                for (int c = 0; c < shape.C; c++)
-                {
-                    float* src = (float*)ip + ((long)n * shape.C + c) * plane;
-                    float* dst = (float*)op + ((long)n * shape.C + c) * P + p0;
-                    if (shape.Mode == GridSampleMode.Nearest) SampleNearest(src, dst, count, ii);
-                    else SampleBilinear(src, dst, count, ii, ff);
-                }
+                float* src = c.Input + ((long)n * shape.C + ch) * plane;
+                float* dst = c.Out + ((long)n * shape.C + ch) * P + p0;
+                if (shape.Mode == GridSampleMode.Nearest) SampleNearest(src, dst, count, ii);
+                else SampleBilinear(src, dst, count, ii, ff);
             }
-        });
+        }
     }
 
     private static void SampleNearest(float* src, float* dst, int count, int* ints)
@@ -363,31 +388,20 @@ internal sealed unsafe partial class CpuBackend : ISpatialBackend
         long plane = (long)s.H * s.W;
         var gradInput = B(a.GradInput);
         if (s.N == 0 || P == 0) Fill(gradInput, 0f);   // otherwise each backward task zeroes its own planes, just before use
-        float* gradGrid = a.GradGrid is null ? null : B(a.GradGrid).Pointer;
-        float[]? fusedGrid = null;
+        // With theta (fused affine_grid) the grid gradient goes to per-thread scratch and on to grad_theta.
+        float* gg = a.Theta is null ? (a.GradGrid is null ? null : B(a.GradGrid).Pointer) : GrowScratch(ref t_gsFusedGrid, s.N * P * 2);
+        if (s.N > 0 && P > 0) GridSampleBackwardCore(s, a, gg);
         if (a.Theta is not null)
         {
-            fusedGrid = ArrayPool<float>.Shared.Rent((int)Math.Max(1, s.N * P * 2));
-        }
-        try
-        {
-            fixed (float* fg = fusedGrid)
-            {
-                float* gg = fusedGrid is null ? gradGrid : fg;
-                if (s.N > 0 && P > 0) GridSampleBackwardCore(s, a, gg);
-                if (a.Theta is not null)
-                {
-                    float* gt = B(a.GradTheta!).Pointer;
-                    for (int n = 0; n < s.N; n++)
-                        AffineGridBackwardOne(gg + n * P * 2, gt + n * 6L, s.Hout, s.Wout, s.AlignCorners);
-                }
-            }
-        }
-        finally
-        {
-            if (fusedGrid is not null) ArrayPool<float>.Shared.Return(fusedGrid);
+            float* gt = B(a.GradTheta!).Pointer;
+            for (int n = 0; n < s.N; n++)
+                AffineGridBackwardOne(gg + n * P * 2, gt + n * 6L, s.Hout, s.Wout, s.AlignCorners);
         }
     }
+
+    // grad_grid of a fused (theta) backward call, and the channel blocks' grad_grid partials (grow-only, per calling thread).
+    [ThreadStatic] private static float[]? t_gsFusedGrid;
+    [ThreadStatic] private static float[]? t_gsPartials;
 
     /// <summary>dst[i] = Σ_k parts[k·len + i] for k = 0..count−1, in that order (the deterministic grad_grid reduction of both paths).</summary>
     private static void SumPartialsInOrder(float* parts, int count, long len, float* dst)
@@ -404,82 +418,84 @@ internal sealed unsafe partial class CpuBackend : ISpatialBackend
     {
         if (UseFastGridSample(s)) { GridSampleBackwardFast(s, a, gradGrid); return; }
         long P = s.OutPoints;
-        long plane = (long)s.H * s.W;
         int nCb = s.C == 0 ? 1 : BackwardChannelBlocks(s.N, s.C);
         int cbSize = s.C == 0 ? 0 : (s.C + nCb - 1) / nCb;
         nCb = s.C == 0 ? 1 : (s.C + cbSize - 1) / cbSize;
-        float[]? partial = nCb > 1 ? ArrayPool<float>.Shared.Rent(checked((int)(nCb * s.N * P * 2))) : null;
-        try
+        float* pp = nCb > 1 ? GrowScratch(ref t_gsPartials, nCb * s.N * P * 2) : null;
+        var ctx = new GsCtx
         {
-            fixed (float* pp = partial)
+            S = s, Input = B(a.Input).Pointer, GradOut = B(a.GradOut).Pointer, GradIn = B(a.GradInput).Pointer,
+            Grid = a.Grid is null ? null : B(a.Grid).Pointer, Theta = a.Theta is null ? null : B(a.Theta).Pointer,
+            GradGrid = nCb > 1 ? pp : gradGrid, Blocks = nCb, BlockChannels = cbSize,
+        };
+        CpuWorkers.For(checked(s.N * nCb), &GridSampleBackwardItem, &ctx);
+        if (nCb > 1) SumPartialsInOrder(pp, nCb, s.N * P * 2, gradGrid);
+    }
+
+    /// <summary>
+    /// Work item (image n, channel block cb): grad_input of the block's planes, and the block's grad_grid of image n
+    /// (to GradGrid, or to block cb's partial when there are several blocks).
+    /// </summary>
+    private static void GridSampleBackwardItem(void* pctx, int item)
+    {
+        ref readonly GsCtx ctx = ref *(GsCtx*)pctx;
+        ref readonly GridSampleShape shape = ref ctx.S;
+        long P = shape.OutPoints;
+        long plane = (long)shape.H * shape.W;
+        int nCb = ctx.Blocks, cbSize = ctx.BlockChannels;
+        int n = item / nCb, cb = item % nCb;
+        int c0 = cb * cbSize, c1 = Math.Min(shape.C, c0 + cbSize);
+        float* ggOut = ctx.GradGrid + ((long)cb * shape.N + n) * P * 2;
+        // All tiles of image n are resolved once; then channel by channel (so only one input plane and
+        // one grad_input plane are hot at a time), tile by tile. Per-plane and per-point summation order
+        // is the same as a tile-outer walk: points in order within a plane, channels in order per point.
+        // Large outputs go in chunks of BackwardChunkTiles tiles (bounded scratch; same orders).
+        long allTiles = (P + PointTile - 1) / PointTile;
+        var (ints, flts) = BackwardScratch((int)Math.Min(allTiles, BackwardChunkTiles));
+        fixed (int* ii = ints) fixed (float* ff = flts)
+        for (long chunk0 = 0; chunk0 < allTiles; chunk0 += BackwardChunkTiles)
+        {
+            int tiles = (int)Math.Min(BackwardChunkTiles, allTiles - chunk0);
+            for (int t = 0; t < tiles; t++)
             {
-                nint ip = (nint)B(a.Input).Pointer, gop = (nint)B(a.GradOut).Pointer, gip = (nint)B(a.GradInput).Pointer;
-                nint gp = a.Grid is null ? 0 : (nint)B(a.Grid).Pointer, tp = a.Theta is null ? 0 : (nint)B(a.Theta).Pointer;
-                nint ggp = nCb > 1 ? (nint)pp : (nint)gradGrid;
-                var shape = s;
-                Parallel.For(0, s.N * nCb, item =>
-                {
-                    int n = item / nCb, cb = item % nCb;
-                    int c0 = cb * cbSize, c1 = Math.Min(shape.C, c0 + cbSize);
-                    float* ggOut = (float*)ggp + ((long)cb * shape.N + n) * P * 2;
-                    // All tiles of image n are resolved once; then channel by channel (so only one input plane and
-                    // one grad_input plane are hot at a time), tile by tile. Per-plane and per-point summation order
-                    // is the same as a tile-outer walk: points in order within a plane, channels in order per point.
-                    // Large outputs go in chunks of BackwardChunkTiles tiles (bounded scratch; same orders).
-                    long allTiles = (P + PointTile - 1) / PointTile;
-                    var (ints, flts) = BackwardScratch((int)Math.Min(allTiles, BackwardChunkTiles));
-                    fixed (int* ii = ints) fixed (float* ff = flts)
-                    for (long chunk0 = 0; chunk0 < allTiles; chunk0 += BackwardChunkTiles)
-                    {
-                        int tiles = (int)Math.Min(BackwardChunkTiles, allTiles - chunk0);
-                        for (int t = 0; t < tiles; t++)
-                        {
-                            long p0 = (chunk0 + t) * PointTile;
-                            int count = (int)Math.Min(PointTile, P - p0);
-                            int* it = ii + (long)t * 8 * PointTile;
-                            float* ft = ff + (long)t * 10 * PointTile;
-                            ResolveTile(shape, (float*)gp, (float*)tp, n, p0, count, it, ft);
-                            new Span<float>(ft + 8 * PointTile, 2 * PointTile).Clear();
-                        }
-                        for (int c = c0; c < c1; c++)
-                        {
-                            long img = ((long)n * shape.C + c) * plane;
-                            float* gin = (float*)gip + img;
-                            if (chunk0 == 0)
-                                for (long z = 0; z < plane; z += int.MaxValue)
-                                    new Span<float>(gin + z, (int)Math.Min(int.MaxValue, plane - z)).Clear();
-                            for (int t = 0; t < tiles; t++)
-                            {
-                                long p0 = (chunk0 + t) * PointTile;
-                                int count = (int)Math.Min(PointTile, P - p0);
-                                int* it = ii + (long)t * 8 * PointTile;
-                                float* ft = ff + (long)t * 10 * PointTile;
-                                float* gout = (float*)gop + ((long)n * shape.C + c) * P + p0;
-                                if (shape.Mode == GridSampleMode.Nearest) ScatterNearest(gin, gout, count, it);
-                                else ScatterBilinear((float*)ip + img, gin, gout, count, it, ft);
-                            }
-                        }
-                        for (int t = 0; t < tiles; t++)
-                        {
-                            long p0 = (chunk0 + t) * PointTile;
-                            int count = (int)Math.Min(PointTile, P - p0);
-                            float* ft = ff + (long)t * 10 * PointTile;
-                            float* gx = ft + 8 * PointTile, gy = ft + 9 * PointTile;
-                            float* dst = ggOut + p0 * 2;
-                            for (int i = 0; i < count; i++)
-                            {
-                                dst[2 * i] = shape.Mode == GridSampleMode.Nearest ? 0f : gx[i] * ft[6 * PointTile + i];
-                                dst[2 * i + 1] = shape.Mode == GridSampleMode.Nearest ? 0f : gy[i] * ft[7 * PointTile + i];
-                            }
-                        }
-                    }
-                });
-                if (nCb > 1) SumPartialsInOrder(pp, nCb, s.N * P * 2, gradGrid);
+                long p0 = (chunk0 + t) * PointTile;
+                int count = (int)Math.Min(PointTile, P - p0);
+                int* it = ii + (long)t * 8 * PointTile;
+                float* ft = ff + (long)t * 10 * PointTile;
+                ResolveTile(shape, ctx.Grid, ctx.Theta, n, p0, count, it, ft);
+                new Span<float>(ft + 8 * PointTile, 2 * PointTile).Clear();
             }
-        }
-        finally
-        {
-            if (partial is not null) ArrayPool<float>.Shared.Return(partial);
+            for (int c = c0; c < c1; c++)
+            {
+                long img = ((long)n * shape.C + c) * plane;
+                float* gin = ctx.GradIn + img;
+                if (chunk0 == 0)
+                    for (long z = 0; z < plane; z += int.MaxValue)
+                        new Span<float>(gin + z, (int)Math.Min(int.MaxValue, plane - z)).Clear();
+                for (int t = 0; t < tiles; t++)
+                {
+                    long p0 = (chunk0 + t) * PointTile;
+                    int count = (int)Math.Min(PointTile, P - p0);
+                    int* it = ii + (long)t * 8 * PointTile;
+                    float* ft = ff + (long)t * 10 * PointTile;
+                    float* gout = ctx.GradOut + ((long)n * shape.C + c) * P + p0;
+                    if (shape.Mode == GridSampleMode.Nearest) ScatterNearest(gin, gout, count, it);
+                    else ScatterBilinear(ctx.Input + img, gin, gout, count, it, ft);
+                }
+            }
+            for (int t = 0; t < tiles; t++)
+            {
+                long p0 = (chunk0 + t) * PointTile;
+                int count = (int)Math.Min(PointTile, P - p0);
+                float* ft = ff + (long)t * 10 * PointTile;
+                float* gx = ft + 8 * PointTile, gy = ft + 9 * PointTile;
+                float* dst = ggOut + p0 * 2;
+                for (int i = 0; i < count; i++)
+                {
+                    dst[2 * i] = shape.Mode == GridSampleMode.Nearest ? 0f : gx[i] * ft[6 * PointTile + i];
+                    dst[2 * i + 1] = shape.Mode == GridSampleMode.Nearest ? 0f : gy[i] * ft[7 * PointTile + i];
+                }
+            }
         }
     }
 

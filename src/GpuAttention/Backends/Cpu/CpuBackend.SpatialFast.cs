@@ -1,4 +1,3 @@
-using System.Buffers;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
@@ -47,11 +46,16 @@ internal sealed unsafe partial class CpuBackend
         return FastGridSampleAlways || (s.C >= 8 && s.OutPoints * Math.Min(s.C, Lanes) >= 2 * hw);
     }
 
-    private struct FastGsCtx
+    /// <summary>
+    /// What a grid_sample work item reads, on both paths (Grid or Theta null when absent). Channel-last: Groups, Blocks
+    /// (of groups per image), GroupsPerBlock; channel-first: Tiles (forward), Blocks (of channels per image), BlockChannels.
+    /// </summary>
+    private struct GsCtx
     {
         public GridSampleShape S;
         public float* Input, Grid, Theta, Out, GradOut, GradIn, GradGrid;
-        public int Groups, Blocks, GroupsPerBlock;
+        public long Tiles;
+        public int Groups, Blocks, GroupsPerBlock, BlockChannels;
     }
 
     [ThreadStatic] private static float[]? t_fastScratch;
@@ -86,7 +90,7 @@ internal sealed unsafe partial class CpuBackend
     private static void GridSampleFast(in GridSampleArgs a)
     {
         var s = a.Shape;
-        var ctx = new FastGsCtx
+        var ctx = new GsCtx
         {
             S = s, Input = B(a.Input).Pointer, Grid = a.Grid is null ? null : B(a.Grid).Pointer,
             Theta = a.Theta is null ? null : B(a.Theta).Pointer, Out = B(a.Out).Pointer,
@@ -97,7 +101,7 @@ internal sealed unsafe partial class CpuBackend
 
     private static void FastForwardItem(void* pctx, int item)
     {
-        ref readonly var ctx = ref *(FastGsCtx*)pctx;
+        ref readonly var ctx = ref *(GsCtx*)pctx;
         var s = ctx.S;
         int n = item / ctx.Groups, c0 = item % ctx.Groups * Lanes, cw = Math.Min(Lanes, s.C - c0);
         long HW = (long)s.H * s.W, P = s.OutPoints;
@@ -142,31 +146,21 @@ internal sealed unsafe partial class CpuBackend
         int blocks = BackwardChannelBlocks(s.N, groups);
         int perBlock = (groups + blocks - 1) / blocks;
         blocks = (groups + perBlock - 1) / perBlock;
-        float[]? partial = blocks > 1 ? ArrayPool<float>.Shared.Rent(checked((int)(blocks * s.N * P * 2))) : null;
-        try
+        float* pp = blocks > 1 ? GrowScratch(ref t_gsPartials, blocks * s.N * P * 2) : null;
+        var ctx = new GsCtx
         {
-            fixed (float* pp = partial)
-            {
-                var ctx = new FastGsCtx
-                {
-                    S = s, Input = B(a.Input).Pointer, Grid = a.Grid is null ? null : B(a.Grid).Pointer,
-                    Theta = a.Theta is null ? null : B(a.Theta).Pointer, GradOut = B(a.GradOut).Pointer,
-                    GradIn = B(a.GradInput).Pointer, GradGrid = blocks > 1 ? pp : gradGrid,
-                    Groups = groups, Blocks = blocks, GroupsPerBlock = perBlock,
-                };
-                CpuWorkers.For(checked(s.N * blocks), &FastBackwardItem, &ctx);
-                if (blocks > 1) SumPartialsInOrder(pp, blocks, s.N * P * 2, gradGrid);
-            }
-        }
-        finally
-        {
-            if (partial is not null) ArrayPool<float>.Shared.Return(partial);
-        }
+            S = s, Input = B(a.Input).Pointer, Grid = a.Grid is null ? null : B(a.Grid).Pointer,
+            Theta = a.Theta is null ? null : B(a.Theta).Pointer, GradOut = B(a.GradOut).Pointer,
+            GradIn = B(a.GradInput).Pointer, GradGrid = blocks > 1 ? pp : gradGrid,
+            Groups = groups, Blocks = blocks, GroupsPerBlock = perBlock,
+        };
+        CpuWorkers.For(checked(s.N * blocks), &FastBackwardItem, &ctx);
+        if (blocks > 1) SumPartialsInOrder(pp, blocks, s.N * P * 2, gradGrid);
     }
 
     private static void FastBackwardItem(void* pctx, int item)
     {
-        ref readonly var ctx = ref *(FastGsCtx*)pctx;
+        ref readonly var ctx = ref *(GsCtx*)pctx;
         var s = ctx.S;
         int n = item / ctx.Blocks, blk = item % ctx.Blocks;
         int g0 = blk * ctx.GroupsPerBlock, g1 = Math.Min(ctx.Groups, g0 + ctx.GroupsPerBlock);

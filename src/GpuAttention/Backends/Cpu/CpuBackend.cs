@@ -1,10 +1,14 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics.X86;
 
 namespace GpuAttention.Backends.Cpu;
 
 /// <summary>
 /// The managed CPU backend: native aligned buffers, SIMD kernels (System.Runtime.Intrinsics / System.Numerics.Tensors),
-/// work split over all cores with <see cref="Parallel"/>. Runs synchronously: every op has finished when it returns.
+/// work split over all cores with <see cref="CpuWorkers"/>. Runs synchronously: every op has finished when it returns.
+/// A steady-state op call allocates no managed memory: work items are static functions over a context struct on the
+/// caller's stack, and scratch is per thread and grow-only.
 /// </summary>
 internal sealed unsafe partial class CpuBackend : IBackend
 {
@@ -46,6 +50,27 @@ internal sealed unsafe partial class CpuBackend : IBackend
     }
 
     public void Synchronize() { }
+
+    /// <summary>
+    /// A grow-only, pinned scratch of at least <paramref name="n"/> floats kept in <paramref name="slot"/> (a [ThreadStatic]
+    /// field of the calling thread): allocated on first use and when a call needs more, then reused, so a steady-state op
+    /// call allocates nothing. The contents are undefined. Op-level buffers each have a slot of their own, apart from the
+    /// slots of work items (the calling thread runs work items too). Throws <see cref="OverflowException"/> past 2³¹ − 1 floats.
+    /// </summary>
+    internal static float* GrowScratch(ref float[]? slot, long n)
+    {
+        var arr = slot;
+        if (arr is null || arr.Length < n)
+        {
+            slot = null;   // the old array may go before the larger one is allocated
+            slot = arr = GC.AllocateUninitializedArray<float>(checked((int)Math.Max(n, 16)), pinned: true);
+        }
+        return (float*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(arr));
+    }
+
+    /// <summary>Item count for <see cref="CpuWorkers.For"/>; more than <see cref="int.MaxValue"/> items is not supported.</summary>
+    internal static int WorkItems(long items, string what) =>
+        items <= int.MaxValue ? (int)items : throw new NotSupportedException($"too many {what} for one call ({items} work items; at most {int.MaxValue})");
 
     public bool SupportsOp(OpKind op) => OpSupport.Implements(this, op);
 
