@@ -75,7 +75,7 @@ public sealed partial class Device
     /// <summary>Host-side shape checks of the backward's extra inputs (used by the CLI before it allocates).</summary>
     internal static void CheckSdpaBackwardInputs(in SdpaShape s, ReadOnlySpan<int> output, ReadOnlySpan<int> lse, ReadOnlySpan<int> gradOut)
     {
-        void Check(ReadOnlySpan<int> actual, string name, int[] expected, string symbolic)
+        static void Check(ReadOnlySpan<int> actual, string name, ReadOnlySpan<int> expected, string symbolic)
         {
             if (!actual.SequenceEqual(expected))
                 throw new TensorShapeException(name, $"{symbolic} = {TensorShapeException.Format(expected)}", TensorShapeException.Format(actual));

@@ -17,6 +17,20 @@ internal static unsafe class CpuWorkers
     private static delegate*<void*, int, void> s_body;
     private static void* s_ctx;
     private static Exception? s_error;
+    private static readonly long[] s_workerAllocated = new long[Math.Max(1, Environment.ProcessorCount - 1)];
+
+    /// <summary>Managed bytes allocated so far by the pool's worker threads (each updated after it finishes its share of a
+    /// call): with <see cref="GC.GetAllocatedBytesForCurrentThread"/> of the caller, the allocations of an op call, without
+    /// those of unrelated threads (tests use it).</summary>
+    internal static long WorkerAllocatedBytes
+    {
+        get
+        {
+            long sum = 0;
+            for (int t = 0; t < s_workerAllocated.Length; t++) sum += Volatile.Read(ref s_workerAllocated[t]);
+            return sum;
+        }
+    }
 
     /// <summary>Number of threads that run items (workers + caller).</summary>
     public static int Threads => s_workers + 1;
@@ -63,18 +77,22 @@ internal static unsafe class CpuWorkers
         {
             if (s_started) return;
             for (int t = 0; t < s_workers; t++)
-                new Thread(Worker) { IsBackground = true, Name = $"GpuAttention CPU worker {t}" }.Start();
+            {
+                int index = t;
+                new Thread(() => Worker(index)) { IsBackground = true, Name = $"GpuAttention CPU worker {t}" }.Start();
+            }
             Volatile.Write(ref s_started, true);
         }
     }
 
-    private static void Worker()
+    private static void Worker(int index)
     {
         while (true)
         {
             s_start.Wait();
             try { Drain(); }
             catch (Exception e) { s_error = e; Volatile.Write(ref s_next, int.MaxValue / 2); }
+            Volatile.Write(ref s_workerAllocated[index], GC.GetAllocatedBytesForCurrentThread());
             if (Interlocked.Decrement(ref s_pending) == 0) s_done.Set();
         }
     }
