@@ -172,7 +172,9 @@ internal abstract partial class KernelBackend : ISpatialBackend
         long P = s.OutPoints;
         long len = (long)s.N * s.C * s.H * s.W;
         bool fused = a.Theta is not null;
-        Fill(a.GradInput, 0f);
+        // The channel-last scatter's transposition writes every element of grad_input; the other scatters add into zeros.
+        bool channelLast = s.C > 0 && !a.Atomic && UsesChannelLastScatter(s);
+        if (!(channelLast && s.N > 0 && P > 0)) Fill(a.GradInput, 0f);
         if (s.N == 0) return;
         if (P == 0)
         {
@@ -200,7 +202,7 @@ internal abstract partial class KernelBackend : ISpatialBackend
                 [KernelArg.Of(a.Grid), KernelArg.Of(a.Theta), KernelArg.Of(a.GradOut), KernelArg.Of(a.GradInput),
                  s.C, s.H, s.W, s.Hout, s.Wout, fused, (int)s.Mode, (int)s.Padding, s.AlignCorners]);
         }
-        else if (s.C > 0 && UsesChannelLastScatter(s))
+        else if (channelLast)
         {
             // CPU devices: one work-item per (image, group of 16 channels) accumulating channel-last, then one transposition.
             int nCg = (s.C + ScatterLanes - 1) / ScatterLanes, pb = SpatialParams["PB"];
