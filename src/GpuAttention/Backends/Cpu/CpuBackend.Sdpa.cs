@@ -53,12 +53,21 @@ internal sealed unsafe partial class CpuBackend : ISdpaBackend
         }
         float* pp = ctx.Parts = GrowScratch(ref s_splitParts, items * splits * ctx.PartStride);
         CpuWorkers.For(work, &SdpaItem, &ctx);
+        CombineAllSplits(s, items, qBlocks, QueryBlock, splits, pp, ctx.PartStride, ctx.O, ctx.Lse);
+    }
+
+    /// <summary>
+    /// <see cref="CombineSplits"/> for every item of a split-key call: item = bh·chunksPerHead + chunk covers rows
+    /// chunk·rowsPerChunk .. of head bh, and its <paramref name="splits"/> partials follow each other in <paramref name="parts"/>.
+    /// </summary>
+    private static void CombineAllSplits(in SdpaShape s, long items, int chunksPerHead, int rowsPerChunk, int splits, float* parts, int partStride, float* o, float* lse)
+    {
         for (long item = 0; item < items; item++)
         {
-            int qb = (int)(item % qBlocks);
-            long bh = item / qBlocks;
-            int i0 = qb * QueryBlock, qn = Math.Min(QueryBlock, s.L - i0);
-            CombineSplits(s, bh, i0, qn, QueryBlock, splits, pp + item * splits * ctx.PartStride, ctx.PartStride, ctx.O, ctx.Lse);
+            int chunk = (int)(item % chunksPerHead);
+            long bh = item / chunksPerHead;
+            int i0 = chunk * rowsPerChunk, qn = Math.Min(rowsPerChunk, s.L - i0);
+            CombineSplits(s, bh, i0, qn, rowsPerChunk, splits, parts + item * splits * partStride, partStride, o, lse);
         }
     }
 

@@ -43,21 +43,16 @@ internal sealed unsafe partial class CpuBackend
         bool padK = EPad != s.E;
         long kpLen = padK ? heads * s.S * EPad : 0;
         long total = ktLen + vtLen + kpLen + 16;
-        var buf = t_bwdPack;
-        if (buf is null || buf.Length < total) t_bwdPack = buf = GC.AllocateUninitializedArray<float>(checked((int)total), pinned: true);
-        fixed (float* pb = buf)
+        float* baseP = (float*)(((nint)GrowScratch(ref t_bwdPack, total) + 63) & ~(nint)63);   // 64-byte aligned
+        ctx.Kt = baseP; ctx.Vt = baseP + ktLen; ctx.Kp = padK ? baseP + ktLen + vtLen : ctx.K; ctx.KpStride = padK ? EPad : s.E;
+        ctx.EPad = EPad; ctx.EvPad = EvPad; ctx.KBlocks = kBlocks; ctx.QBlocks = (s.L + BQB - 1) / BQB;
+        if (heads * kBlocks > int.MaxValue || (long)s.B * s.Hq * ctx.QBlocks > int.MaxValue)
+            throw new NotSupportedException("too many attention rows for one call");
+        fixed (BwdCtx* pc = &ctx)
         {
-            float* baseP = (float*)(((nint)pb + 63) & ~(nint)63);
-            ctx.Kt = baseP; ctx.Vt = baseP + ktLen; ctx.Kp = padK ? baseP + ktLen + vtLen : ctx.K; ctx.KpStride = padK ? EPad : s.E;
-            ctx.EPad = EPad; ctx.EvPad = EvPad; ctx.KBlocks = kBlocks; ctx.QBlocks = (s.L + BQB - 1) / BQB;
-            if (heads * kBlocks > int.MaxValue || (long)s.B * s.Hq * ctx.QBlocks > int.MaxValue)
-                throw new NotSupportedException("too many attention rows for one call");
-            fixed (BwdCtx* pc = &ctx)
-            {
-                CpuWorkers.For((int)(heads * kBlocks), &BwdPackItem, pc);
-                CpuWorkers.For((int)(heads * kBlocks), &BwdKeyItem, pc);
-                CpuWorkers.For((int)((long)s.B * s.Hq * ctx.QBlocks), &BwdQueryItem, pc);
-            }
+            CpuWorkers.For((int)(heads * kBlocks), &BwdPackItem, pc);
+            CpuWorkers.For((int)(heads * kBlocks), &BwdKeyItem, pc);
+            CpuWorkers.For((int)((long)s.B * s.Hq * ctx.QBlocks), &BwdQueryItem, pc);
         }
     }
 

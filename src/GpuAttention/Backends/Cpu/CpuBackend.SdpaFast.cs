@@ -77,12 +77,7 @@ internal sealed unsafe partial class CpuBackend
         long kvHeads = (long)s.B * s.Hkv;
         long ktLen = kvHeads * kBlocks * s.E * FKB, vpLen = evPad != s.Ev ? kvHeads * s.S * evPad : 0;
         if (kvHeads * kBlocks > int.MaxValue) throw new NotSupportedException("too many attention keys for one call");
-        var pack = t_fwdPack;
-        if (pack is null || pack.Length < ktLen + vpLen + 16)
-            t_fwdPack = pack = GC.AllocateUninitializedArray<float>(checked((int)(ktLen + vpLen + 16)), pinned: true);
-        fixed (float* pk = pack)
-        {
-        float* kt = (float*)(((nint)pk + 63) & ~(nint)63);
+        float* kt = (float*)(((nint)GrowScratch(ref t_fwdPack, ktLen + vpLen + 16) + 63) & ~(nint)63);   // 64-byte aligned
         var ctx = new FastCtx
         {
             S = s, Q = Ptr(a.Q), K = Ptr(a.K), V = Ptr(a.V), Mask = Ptr(a.Mask), O = Ptr(a.Out), Lse = Ptr(a.Lse),
@@ -97,14 +92,7 @@ internal sealed unsafe partial class CpuBackend
         }
         float* pp = ctx.Parts = GrowScratch(ref s_splitParts, items * splits * ctx.PartStride);
         CpuWorkers.For((int)(items * splits), &FastItem, &ctx);
-        for (long item = 0; item < items; item++)
-        {
-            int qc = (int)(item % qChunks);
-            long bh = item / qChunks;
-            int i0 = qc * chunkRows, qn = Math.Min(chunkRows, s.L - i0);
-            CombineSplits(s, bh, i0, qn, chunkRows, splits, pp + item * splits * ctx.PartStride, ctx.PartStride, ctx.O, ctx.Lse);
-        }
-        }
+        CombineAllSplits(s, items, qChunks, chunkRows, splits, pp, ctx.PartStride, ctx.O, ctx.Lse);
     }
 
     /// <summary>Packs key block blk of kv head bhk: Kᵀ[E][FKB] (zero beyond the last key) and, when Ev % 16 ≠ 0, its V rows padded to EvPad.</summary>
