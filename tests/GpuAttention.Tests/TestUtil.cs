@@ -7,6 +7,16 @@ namespace GpuAttention.Tests;
 /// <summary>Shared helpers: deterministic random data, opening a backend or skipping with the reason, error checks.</summary>
 internal static class TestUtil
 {
+    /// <summary>A seed that is the same in every process (FNV-1a of <paramref name="key"/>, e.g. a test case's ToString()):
+    /// GetHashCode of a record class mixes in its Type's hash and of strings is randomised per process, so seeds from them
+    /// would give each test run other data.</summary>
+    public static int Seed(string key)
+    {
+        uint h = 2166136261;
+        foreach (char ch in key) { h ^= ch; h *= 16777619; }
+        return (int)(h & 0x7fffffff);
+    }
+
     public static float[] Random(Random rng, long n, float scale = 1f)
     {
         var a = new float[n];
