@@ -13,7 +13,6 @@
 // Compile-time defines:
 //   CB       most channels per work-group in the grad_input scatter (its work-group size, LSZ(0) <= CB; default 64)
 //   TILE_P   output points staged in local memory per step of the scatter (default 64)
-//   PB       output points per work-item of the CPU-device kernels (grid_sample_*_blocked; default 64)
 //   RED_WG   work-group size of the affine_grid backward reduction, a power of two (default 64)
 //
 // Determinism: no atomics anywhere except in grid_sample_backward_input_atomic, the opt-in nondeterministic scatter. grad_input is a scatter; work-item c of a work-group owns channel plane c of one
@@ -26,9 +25,6 @@
 #endif
 #ifndef TILE_P
 #define TILE_P 64
-#endif
-#ifndef PB
-#define PB 64
 #endif
 #ifndef RED_WG
 #define RED_WG 64
@@ -64,17 +60,11 @@ INLINE float reflect_coord(float x, float mn, float span, float* d)
     return span - extra + mn;
 }
 
-// Normalised coordinate -> pixel coordinate on an axis of `size` pixels; *d = d(pixel)/d(coordinate).
+// Normalised coordinate -> pixel coordinate on an axis of `size` pixels (unnormalised, then padded); *d = d(pixel)/d(coordinate).
 INLINE float source_index(float coord, int size, int padding, int align, float* d)
 {
-    float x;
-    if (align) {
-        *d = (float)(size - 1) * 0.5f;
-        x = (coord + 1.0f) * 0.5f * (float)(size - 1);
-    } else {
-        *d = (float)size * 0.5f;
-        x = ((coord + 1.0f) * (float)size - 1.0f) * 0.5f;
-    }
+    *d = align ? (float)(size - 1) * 0.5f : (float)size * 0.5f;
+    float x = align ? (coord + 1.0f) * 0.5f * (float)(size - 1) : ((coord + 1.0f) * (float)size - 1.0f) * 0.5f;
     if (padding == 1) {
         x = clip_coord(x, size, d);
     } else if (padding == 2) {
@@ -82,12 +72,6 @@ INLINE float source_index(float coord, int size, int padding, int align, float* 
         x = clip_coord(x, size, d);
     }
     return x;
-}
-
-// Normalised coordinate -> pixel coordinate, before padding (source_index's first step).
-INLINE float unnormalize(float coord, int size, int align)
-{
-    return align ? (coord + 1.0f) * 0.5f * (float)(size - 1) : ((coord + 1.0f) * (float)size - 1.0f) * 0.5f;
 }
 
 // floor/round result as an int in [-2, size+1]; NaN -> -2 (outside the image).
@@ -136,6 +120,17 @@ INLINE void corners(int mode, float ix, float iy, int H, int W, int* off, float*
         wt[k] = ((k & 1) ? ax : 1.0f - ax) * ((k >> 1) ? ay : 1.0f - ay);
     }
     *ax_out = ax; *ay_out = ay;
+}
+
+// Output point p of image n resolved: its corners (as corners gives them), the bilinear fractions and d(pixel)/d(coordinate).
+INLINE void resolve_point(GLOBAL const float* grid, GLOBAL const float* theta, int use_theta, int mode, int padding, int align,
+                          int n, int64 p, int64 P, int H, int W, int Hout, int Wout,
+                          int* off, float* wt, int* in, float* ax, float* ay, float* dx, float* dy)
+{
+    float gx, gy;
+    load_point(grid, theta, use_theta, align, n, p, P, Hout, Wout, &gx, &gy);
+    const float ix = source_index(gx, W, padding, align, dx), iy = source_index(gy, H, padding, align, dy);
+    corners(mode, ix, iy, H, W, off, wt, in, ax, ay);
 }
 
 // ---------------------------------------------------------------- affine_grid
@@ -194,11 +189,8 @@ KERNEL grid_sample_forward(GLOBAL const float* RESTRICT input, GLOBAL const floa
     const int64 p = (int64)GRP(0) * LSZ(0) + LID(0);
     const int n = GRP(1);
     if (p >= P) return;
-    float gx, gy, dx, dy, ax, ay;
-    load_point(grid, theta, use_theta, align, n, p, P, Hout, Wout, &gx, &gy);
-    const float ix = source_index(gx, W, padding, align, &dx), iy = source_index(gy, H, padding, align, &dy);
-    int off[4]; float wt[4]; int in[4];
-    corners(mode, ix, iy, H, W, off, wt, in, &ax, &ay);
+    int off[4]; float wt[4]; int in[4]; float ax, ay, dx, dy;
+    resolve_point(grid, theta, use_theta, mode, padding, align, n, p, P, H, W, Hout, Wout, off, wt, in, &ax, &ay, &dx, &dy);
     const int64 plane = (int64)H * W;
     GLOBAL const float* src = input + (int64)n * C * plane;
     GLOBAL float* dst = out + (int64)n * C * P + p;
@@ -212,234 +204,6 @@ KERNEL grid_sample_forward(GLOBAL const float* RESTRICT input, GLOBAL const floa
         dst[(int64)c * P] = acc;
         src += plane;
     }
-}
-
-// ---------------------------------------------------------------- grid_sample, CPU-device kernels
-//
-// For PoCL and other OpenCL CPU devices (the host runs them there with work-groups of ONE work-item): a work-item owns
-// PB consecutive output points of one image. resolve_block computes their corners once into private arrays, with loops
-// the device compiler vectorises (zeros and border padding are written without branches on the value; reflection keeps
-// the per-point path), then the kernels walk the channels with PB-wide loops (gather the corners, weight, sum) and
-// contiguous stores. Same operations in the same order as the one-point-per-work-item kernels, so the same results.
-
-// Corners of the points p0 .. p0+PB-1 of image n (points past the end, np <= i < PB, repeat the last one).
-// o*: corner offsets in the image plane, -1 outside the image (a corner contributes wt * 0 then, so a NaN weight
-// still gives NaN, as PyTorch); w*: corner weights (nearest: w0 = 1, the others 0); ax/ay: the bilinear fractions;
-// dx/dy: d(pixel)/d(normalised coordinate) as source_index gives it.
-INLINE void resolve_block(GLOBAL const float* grid, GLOBAL const float* theta, int use_theta, int mode, int padding, int align,
-                          int n, int64 p0, int np, int64 P, int H, int W, int Hout, int Wout,
-                          int* o0, int* o1, int* o2, int* o3, float* w0, float* w1, float* w2, float* w3,
-                          float* axa, float* aya, float* dxa, float* dya)
-{
-    float gxa[PB], gya[PB];
-    if (use_theta) {
-        GLOBAL const float* t = theta + (int64)n * 6;
-        for (int i = 0; i < PB; i++) {
-            const int64 p = p0 + (i < np ? i : np - 1);
-            const int oh = (int)(p / Wout), ow = (int)(p - (int64)oh * Wout);
-            const float bx = affine_base(ow, Wout, align), by = affine_base(oh, Hout, align);
-            gxa[i] = t[0] * bx + t[1] * by + t[2];
-            gya[i] = t[3] * bx + t[4] * by + t[5];
-        }
-    } else {
-        GLOBAL const float* g = grid + ((int64)n * P + p0) * 2;
-        for (int i = 0; i < PB; i++) {
-            const int j = i < np ? i : np - 1;
-            gxa[i] = g[2 * j];
-            gya[i] = g[2 * j + 1];
-        }
-    }
-    if (padding == 2) {
-        // reflection: the general per-point path
-        for (int i = 0; i < PB; i++) {
-            int off[4]; float wt[4]; int in[4];
-            float dx, dy, ax, ay;
-            const float ix = source_index(gxa[i], W, padding, align, &dx), iy = source_index(gya[i], H, padding, align, &dy);
-            corners(mode, ix, iy, H, W, off, wt, in, &ax, &ay);
-            o0[i] = in[0] ? off[0] : -1; o1[i] = in[1] ? off[1] : -1; o2[i] = in[2] ? off[2] : -1; o3[i] = in[3] ? off[3] : -1;
-            w0[i] = wt[0]; w1[i] = wt[1]; w2[i] = wt[2]; w3[i] = wt[3];
-            axa[i] = ax; aya[i] = ay; dxa[i] = dx; dya[i] = dy;
-        }
-        return;
-    }
-    // zeros / border: source_index and corners without branches on the value
-    const float sx = align ? (float)(W - 1) * 0.5f : (float)W * 0.5f, sy = align ? (float)(H - 1) * 0.5f : (float)H * 0.5f;
-    const float mx = (float)(W - 1), my = (float)(H - 1);
-    for (int i = 0; i < PB; i++) {
-        float ix = unnormalize(gxa[i], W, align), iy = unnormalize(gya[i], H, align);
-        dxa[i] = padding == 1 && !(ix > 0.0f && ix < mx) ? 0.0f : sx;      // clip_coord: derivative 0 where clipped
-        dya[i] = padding == 1 && !(iy > 0.0f && iy < my) ? 0.0f : sy;
-        if (padding == 1) {
-            ix = ix > 0.0f ? (ix >= mx ? mx : ix) : 0.0f;                  // NaN -> 0, as clip_coord
-            iy = iy > 0.0f ? (iy >= my ? my : iy) : 0.0f;
-        }
-        if (mode == 1) {
-            const int xn = safe_index(ROUND(ix), W), yn = safe_index(ROUND(iy), H);
-            o0[i] = xn >= 0 && xn < W && yn >= 0 && yn < H ? yn * W + xn : -1;
-            o1[i] = -1; o2[i] = -1; o3[i] = -1;
-            w0[i] = 1.0f; w1[i] = 0.0f; w2[i] = 0.0f; w3[i] = 0.0f;
-            axa[i] = 0.0f; aya[i] = 0.0f;
-        } else {
-            const float fx = FLOOR(ix), fy = FLOOR(iy);
-            const float ax = ix - fx, ay = iy - fy;
-            const int x0 = safe_index(fx, W), y0 = safe_index(fy, H);
-            const int x1 = x0 + 1, y1 = y0 + 1;
-            const int in_x0 = x0 >= 0 && x0 < W, in_x1 = x1 >= 0 && x1 < W;
-            const int in_y0 = y0 >= 0 && y0 < H, in_y1 = y1 >= 0 && y1 < H;
-            o0[i] = in_x0 && in_y0 ? y0 * W + x0 : -1;
-            o1[i] = in_x1 && in_y0 ? y0 * W + x1 : -1;
-            o2[i] = in_x0 && in_y1 ? y1 * W + x0 : -1;
-            o3[i] = in_x1 && in_y1 ? y1 * W + x1 : -1;
-            w0[i] = (1.0f - ax) * (1.0f - ay); w1[i] = ax * (1.0f - ay);
-            w2[i] = (1.0f - ax) * ay;          w3[i] = ax * ay;
-            axa[i] = ax; aya[i] = ay;
-        }
-    }
-}
-
-// Forward. Global [ceil(P / PB), N], local [1, 1].
-KERNEL grid_sample_forward_blocked(GLOBAL const float* RESTRICT input, GLOBAL const float* RESTRICT grid,
-                                   GLOBAL const float* RESTRICT theta, GLOBAL float* RESTRICT out,
-                                   int C, int H, int W, int Hout, int Wout, int use_theta, int mode, int padding, int align)
-{
-    const int64 P = (int64)Hout * Wout;
-    const int64 p0 = (int64)GRP(0) * PB;
-    const int n = GRP(1);
-    if (p0 >= P) return;
-    const int np = P - p0 < PB ? (int)(P - p0) : PB;
-    int o0[PB], o1[PB], o2[PB], o3[PB];
-    float w0[PB], w1[PB], w2[PB], w3[PB], axa[PB], aya[PB], dxa[PB], dya[PB];
-    resolve_block(grid, theta, use_theta, mode, padding, align, n, p0, np, P, H, W, Hout, Wout,
-                  o0, o1, o2, o3, w0, w1, w2, w3, axa, aya, dxa, dya);
-    const int64 plane = (int64)H * W;
-    GLOBAL const float* src = input + (int64)n * C * plane;
-    GLOBAL float* dst = out + (int64)n * C * P + p0;
-    float acc[PB];
-    for (int c = 0; c < C; c++) {
-        if (mode == 1) {
-            for (int i = 0; i < PB; i++)
-                acc[i] = 0.0f + w0[i] * (o0[i] >= 0 ? src[o0[i]] : 0.0f);
-        } else {
-            for (int i = 0; i < PB; i++) {
-                float a = 0.0f;
-                a += w0[i] * (o0[i] >= 0 ? src[o0[i]] : 0.0f);
-                a += w1[i] * (o1[i] >= 0 ? src[o1[i]] : 0.0f);
-                a += w2[i] * (o2[i] >= 0 ? src[o2[i]] : 0.0f);
-                a += w3[i] * (o3[i] >= 0 ? src[o3[i]] : 0.0f);
-                acc[i] = a;
-            }
-        }
-        if (np == PB) {
-            for (int i = 0; i < PB; i++) dst[i] = acc[i];
-        } else {
-            for (int i = 0; i < np; i++) dst[i] = acc[i];
-        }
-        src += plane;
-        dst += P;
-    }
-}
-
-// grad_grid (or, fused, the grid gradient into scratch). Global [ceil(P / PB), N], local [1, 1]. Sums over channels in order.
-KERNEL grid_sample_backward_grid_blocked(GLOBAL const float* RESTRICT input, GLOBAL const float* RESTRICT grid,
-                                         GLOBAL const float* RESTRICT theta, GLOBAL const float* RESTRICT grad_out,
-                                         GLOBAL float* RESTRICT grad_grid, int C, int H, int W, int Hout, int Wout, int use_theta, int mode, int padding, int align)
-{
-    const int64 P = (int64)Hout * Wout;
-    const int64 p0 = (int64)GRP(0) * PB;
-    const int n = GRP(1);
-    if (p0 >= P) return;
-    const int np = P - p0 < PB ? (int)(P - p0) : PB;
-    GLOBAL float* gg = grad_grid + ((int64)n * P + p0) * 2;
-    if (mode == 1) {
-        for (int i = 0; i < 2 * np; i++) gg[i] = 0.0f;
-        return;
-    }
-    int o0[PB], o1[PB], o2[PB], o3[PB];
-    float w0[PB], w1[PB], w2[PB], w3[PB], axa[PB], aya[PB], dxa[PB], dya[PB];
-    resolve_block(grid, theta, use_theta, mode, padding, align, n, p0, np, P, H, W, Hout, Wout,
-                  o0, o1, o2, o3, w0, w1, w2, w3, axa, aya, dxa, dya);
-    const int64 plane = (int64)H * W;
-    GLOBAL const float* src = input + (int64)n * C * plane;
-    GLOBAL const float* go = grad_out + (int64)n * C * P + p0;
-    float sxa[PB], sya[PB];
-    for (int i = 0; i < PB; i++) { sxa[i] = 0.0f; sya[i] = 0.0f; }
-    float gbuf[PB];
-    for (int c = 0; c < C; c++) {
-        if (np == PB) {
-            for (int i = 0; i < PB; i++) gbuf[i] = go[i];
-        } else {
-            for (int i = 0; i < PB; i++) gbuf[i] = go[i < np ? i : np - 1];
-        }
-        for (int i = 0; i < PB; i++) {
-            const float g = gbuf[i];
-            const float v0 = o0[i] >= 0 ? src[o0[i]] : 0.0f, v1 = o1[i] >= 0 ? src[o1[i]] : 0.0f;
-            const float v2 = o2[i] >= 0 ? src[o2[i]] : 0.0f, v3 = o3[i] >= 0 ? src[o3[i]] : 0.0f;
-            sxa[i] += g * ((v1 - v0) * (1.0f - aya[i]) + (v3 - v2) * aya[i]);
-            sya[i] += g * ((v2 - v0) * (1.0f - axa[i]) + (v3 - v1) * axa[i]);
-        }
-        src += plane;
-        go += P;
-    }
-    for (int i = 0; i < np; i++) {
-        gg[2 * i] = sxa[i] * dxa[i];
-        gg[2 * i + 1] = sya[i] * dya[i];
-    }
-}
-
-// grad_input scatter for CPU devices, deterministic. Global [nCg, N], local [1, 1] with nCg = ceil(C / LANES): a work-item
-// owns channel group cg (channels c0 = cg*LANES .. c0+LANES-1) of image n and accumulates their grad_input channel-last
-// in its own scratch region [H*W][LANES], walking the points in order (per block of PB: corners resolved once, the
-// grad_out block transposed to [PB][LANES]); each corner adds LANES contiguous floats, a loop the device compiler turns
-// into one vector read-modify-write. The additions into each grad_input element happen in point order, as in
-// grid_sample_backward_input with one chunk. grid_sample_channel_last_to_nchw then writes grad_input.
-#define LANES 16
-KERNEL grid_sample_backward_input_blocked(GLOBAL const float* RESTRICT grid, GLOBAL const float* RESTRICT theta,
-                                          GLOBAL const float* RESTRICT grad_out, GLOBAL float* RESTRICT scratch,
-                                          int C, int H, int W, int Hout, int Wout, int use_theta, int mode, int padding, int align)
-{
-    const int cg = GRP(0), n = GRP(1), nCg = NGRP(0);
-    const int c0 = cg * LANES;
-    const int nc = C - c0 < LANES ? C - c0 : LANES;
-    const int64 P = (int64)Hout * Wout, plane = (int64)H * W;
-    GLOBAL float* sc = scratch + ((int64)n * nCg + cg) * plane * LANES;
-    for (int64 i = 0; i < plane * LANES; i++) sc[i] = 0.0f;
-    GLOBAL const float* go = grad_out + ((int64)n * C + c0) * P;
-    int o0[PB], o1[PB], o2[PB], o3[PB];
-    float w0[PB], w1[PB], w2[PB], w3[PB], axa[PB], aya[PB], dxa[PB], dya[PB];
-    float gt[PB * LANES];
-    for (int64 p0 = 0; p0 < P; p0 += PB) {
-        const int np = P - p0 < PB ? (int)(P - p0) : PB;
-        resolve_block(grid, theta, use_theta, mode, padding, align, n, p0, np, P, H, W, Hout, Wout,
-                      o0, o1, o2, o3, w0, w1, w2, w3, axa, aya, dxa, dya);
-        for (int l = 0; l < LANES; l++)
-            for (int i = 0; i < PB; i++)
-                gt[i * LANES + l] = l < nc && i < np ? go[(int64)l * P + p0 + i] : 0.0f;
-        for (int i = 0; i < np; i++) {
-            const float* g = gt + i * LANES;
-            if (o0[i] >= 0) { GLOBAL float* d = sc + (int64)o0[i] * LANES; const float w = w0[i]; for (int l = 0; l < LANES; l++) d[l] += w * g[l]; }
-            if (mode == 1) continue;
-            if (o1[i] >= 0) { GLOBAL float* d = sc + (int64)o1[i] * LANES; const float w = w1[i]; for (int l = 0; l < LANES; l++) d[l] += w * g[l]; }
-            if (o2[i] >= 0) { GLOBAL float* d = sc + (int64)o2[i] * LANES; const float w = w2[i]; for (int l = 0; l < LANES; l++) d[l] += w * g[l]; }
-            if (o3[i] >= 0) { GLOBAL float* d = sc + (int64)o3[i] * LANES; const float w = w3[i]; for (int l = 0; l < LANES; l++) d[l] += w * g[l]; }
-        }
-    }
-}
-
-// grad_input [N, C, H, W] from the channel-last scratch of grid_sample_backward_input_blocked. Global [ceil(H*W / PB), nCg, N],
-// local [1, 1, 1]: a work-item copies PB pixels of one channel group.
-KERNEL grid_sample_channel_last_to_nchw(GLOBAL const float* RESTRICT scratch, GLOBAL float* RESTRICT grad_input, int C, int64 plane)
-{
-    const int64 x0 = (int64)GRP(0) * PB;
-    const int cg = GRP(1), n = GRP(2), nCg = NGRP(1);
-    if (x0 >= plane) return;
-    const int c0 = cg * LANES;
-    const int nc = C - c0 < LANES ? C - c0 : LANES;
-    const int nx = plane - x0 < PB ? (int)(plane - x0) : PB;
-    GLOBAL const float* sc = scratch + (((int64)n * nCg + cg) * plane + x0) * LANES;
-    GLOBAL float* dst = grad_input + ((int64)n * C + c0) * plane + x0;
-    for (int l = 0; l < nc; l++)
-        for (int i = 0; i < nx; i++)
-            dst[(int64)l * plane + i] = sc[(int64)i * LANES + l];
 }
 
 // grad_grid (or, fused, the grid gradient into scratch): global as the forward. Sums over channels in order.
@@ -457,11 +221,8 @@ KERNEL grid_sample_backward_grid(GLOBAL const float* RESTRICT input, GLOBAL cons
         gg[1] = 0.0f;
         return;
     }
-    float gx, gy, dx, dy, ax, ay;
-    load_point(grid, theta, use_theta, align, n, p, P, Hout, Wout, &gx, &gy);
-    const float ix = source_index(gx, W, padding, align, &dx), iy = source_index(gy, H, padding, align, &dy);
-    int off[4]; float wt[4]; int in[4];
-    corners(mode, ix, iy, H, W, off, wt, in, &ax, &ay);
+    int off[4]; float wt[4]; int in[4]; float ax, ay, dx, dy;
+    resolve_point(grid, theta, use_theta, mode, padding, align, n, p, P, H, W, Hout, Wout, off, wt, in, &ax, &ay, &dx, &dy);
     const int64 plane = (int64)H * W;
     GLOBAL const float* src = input + (int64)n * C * plane;
     GLOBAL const float* go = grad_out + (int64)n * C * P + p;
@@ -511,10 +272,8 @@ KERNEL grid_sample_backward_input(GLOBAL const float* RESTRICT grid, GLOBAL cons
             int off[4]; float wt[4]; int in[4];
             for (int j = 0; j < 4; j++) { off[j] = 0; wt[j] = 0.0f; in[j] = 0; }
             if (i < count) {
-                float gx, gy, dx, dy, ax, ay;
-                load_point(grid, theta, use_theta, align, n, t0 + i, P, Hout, Wout, &gx, &gy);
-                const float ix = source_index(gx, W, padding, align, &dx), iy = source_index(gy, H, padding, align, &dy);
-                corners(mode, ix, iy, H, W, off, wt, in, &ax, &ay);
+                float ax, ay, dx, dy;
+                resolve_point(grid, theta, use_theta, mode, padding, align, n, t0 + i, P, H, W, Hout, Wout, off, wt, in, &ax, &ay, &dx, &dy);
             }
             for (int j = 0; j < ncorner; j++) {
                 s_off[j * TILE_P + i] = in[j] ? off[j] : -1;   // -1: corner outside the image, nothing to add
@@ -550,11 +309,8 @@ KERNEL grid_sample_backward_input_atomic(GLOBAL const float* RESTRICT grid, GLOB
     const int64 p = (int64)GRP(0) * LSZ(0) + LID(0);
     const int n = GRP(1);
     if (p >= P) return;
-    float gx, gy, dx, dy, ax, ay;
-    load_point(grid, theta, use_theta, align, n, p, P, Hout, Wout, &gx, &gy);
-    const float ix = source_index(gx, W, padding, align, &dx), iy = source_index(gy, H, padding, align, &dy);
-    int off[4]; float wt[4]; int in[4];
-    corners(mode, ix, iy, H, W, off, wt, in, &ax, &ay);
+    int off[4]; float wt[4]; int in[4]; float ax, ay, dx, dy;
+    resolve_point(grid, theta, use_theta, mode, padding, align, n, p, P, H, W, Hout, Wout, off, wt, in, &ax, &ay, &dx, &dy);
     const int ncorner = mode == 1 ? 1 : 4;
     int any = 0;
     for (int j = 0; j < ncorner; j++) any |= in[j];

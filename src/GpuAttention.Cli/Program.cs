@@ -14,7 +14,7 @@ public static class Program
           gpuattention verify [--backend BACKEND] [--seed N] [--only OP,...]
           gpuattention demo [--backend B] [--image PATH] [--out DIR]
           gpuattention soak [--backend BACKEND] (--minutes N | --iterations N) [--interval S] [--case TEXT] [--skip TEXT] | --list
-          gpuattention tune --backend opencl[:K]|cuda[:K] [--op gemm,grid-sample,glimpse,sdpa] [--budget SECONDS] [--repeat N] [--dry-run]
+          gpuattention tune --backend opencl[:K]|cuda[:K] [--op gemm,grid-sample,glimpse] [--budget SECONDS] [--repeat N] [--dry-run]
           gpuattention tune --show [--backend BACKEND]
         OP: {0}
         BACKEND: cpu | opencl[:K] | cuda[:K] | auto

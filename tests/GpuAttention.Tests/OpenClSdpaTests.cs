@@ -1,4 +1,3 @@
-using GpuAttention.Backends.Kernels;
 using GpuAttention.Backends.OpenCL;
 using GpuAttention.Reference;
 using NUnit.Framework;
@@ -66,7 +65,7 @@ public class OpenClSdpaTests
         TestUtil.AssertClose(d.Download(tl), wl, 1e-5, "lse");
     }
 
-    /// <summary>Small tiles of the GPU-style kernels: many key tiles, query-block tails and causal block skipping on small shapes.</summary>
+    /// <summary>Small tiles: many key tiles, query-block tails and causal block skipping on small shapes.</summary>
     [TestCase(4, 4, false, null)]
     [TestCase(8, 3, true, null)]
     [TestCase(2, 5, false, new[] { 2, 1, 21, 19 })]
@@ -74,54 +73,13 @@ public class OpenClSdpaTests
     public void SmallTiles(int blockM, int blockN, bool causal, int[]? maskShape)
     {
         var be = (OpenClBackend)Dev.Backend;
-        var variant = be.SdpaVariant;
-        (be.SdpaTileOverride, be.SdpaVariant) = ((blockM, blockN), KernelVariant.Gpu);
+        be.SdpaTileOverride = (blockM, blockN);
         try
         {
             Check(2, 2, 1, 21, 19, 5, 3, causal: causal, maskShape: maskShape);
             Check(1, 2, 2, 7, 30, 9, 1, causal: causal);
         }
-        finally { (be.SdpaTileOverride, be.SdpaVariant) = (null, variant); }
-    }
-
-    /// <summary>Other row blocks of the CPU-device kernels: block tails and causal key-tile skipping with 1, 3 and 16 rows per work-item.</summary>
-    [TestCase(1, 3, false, null)]
-    [TestCase(3, 1, true, null)]
-    [TestCase(16, 5, false, new[] { 2, 1, 21, 37 })]
-    [TestCase(5, 16, true, new[] { 21, 37 })]
-    public void CpuVariantRowBlocks(int qb, int kb, bool causal, int[]? maskShape)
-    {
-        var be = (OpenClBackend)Dev.Backend;
-        var variant = be.SdpaVariant;
-        (be.SdpaCpuBlockOverride, be.SdpaVariant) = ((qb, kb), KernelVariant.Cpu);
-        try
-        {
-            Check(2, 2, 1, 21, 37, 5, 3, causal: causal, maskShape: maskShape);
-            Check(1, 2, 2, 7, 30, 9, 1, causal: causal);
-            Check(1, 1, 1, 40, 33, 16, 32, causal: causal);
-        }
-        finally { (be.SdpaCpuBlockOverride, be.SdpaVariant) = (null, variant); }
-    }
-
-    [Test]
-    public void SdpaVariantFollowsDeviceTypeAndOverride()
-    {
-        var be = (OpenClBackend)Dev.Backend;
-        var variant = be.SdpaVariant;
-        Assert.That(KernelBackend.ParseVariant("CPU"), Is.EqualTo(KernelVariant.Cpu));
-        Assert.That(KernelBackend.ParseVariant(" gpu "), Is.EqualTo(KernelVariant.Gpu));
-        Assert.That(KernelBackend.ParseVariant(null), Is.EqualTo(KernelVariant.Auto));
-        Assert.Throws<ArgumentException>(() => KernelBackend.ParseVariant("fast"));
-        try
-        {
-            be.SdpaVariant = KernelVariant.Auto;
-            Assert.That(be.SdpaUsesCpuKernels, Is.EqualTo(!be.IsGpu));
-            be.SdpaVariant = KernelVariant.Cpu;
-            Assert.That(be.SdpaUsesCpuKernels, Is.True);
-            be.SdpaVariant = KernelVariant.Gpu;
-            Assert.That(be.SdpaUsesCpuKernels, Is.False);
-        }
-        finally { be.SdpaVariant = variant; }
+        finally { be.SdpaTileOverride = null; }
     }
 
     /// <summary>L == 1 takes the split-key decoding kernels (partial + combine); small chunks give many splits.</summary>

@@ -4,7 +4,7 @@ using NUnit.Framework;
 namespace GpuAttention.Tests;
 
 /// <summary>Fused SDPA backward on every backend against the double reference and by finite differences of the float forward.</summary>
-[TestFixtureSource(typeof(TestUtil), nameof(TestUtil.SdpaBackends))]
+[TestFixtureSource(typeof(TestUtil), nameof(TestUtil.Backends))]
 public class SdpaBackwardTests(string backend)
 {
     private Device _device = null!;

@@ -4,7 +4,7 @@ using NUnit.Framework;
 namespace GpuAttention.Tests;
 
 /// <summary>Fused SDPA forward on every backend against the double reference, on odd shapes (tails off the tiles).</summary>
-[TestFixtureSource(typeof(TestUtil), nameof(TestUtil.SdpaBackends))]
+[TestFixtureSource(typeof(TestUtil), nameof(TestUtil.Backends))]
 public class SdpaForwardTests(string backend)
 {
     private Device _device = null!;

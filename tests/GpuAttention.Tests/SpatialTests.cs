@@ -8,7 +8,7 @@ namespace GpuAttention.Tests;
 /// (every mode × padding × align_corners, grids reaching outside [−1, 1], 1-pixel images, 1 and 64 channels),
 /// finite differences for every backward, determinism, and PyTorch 1.13's NaN/∞ behaviour.
 /// </summary>
-[TestFixtureSource(typeof(TestUtil), nameof(TestUtil.SpatialBackends))]
+[TestFixtureSource(typeof(TestUtil), nameof(TestUtil.Backends))]
 public class SpatialTests(string backend)
 {
     private Device _device = null!;
@@ -352,74 +352,6 @@ public class SpatialTests(string backend)
             using var o = _device.GridSample(ti, tg, new GridSampleOptions(GridSampleMode.Nearest, GridSamplePadding.Zeros, a));
             Assert.That(_device.Download(o).Select(v => (double)v), Is.EqualTo(expect), $"align {a}");
         }
-    }
-
-    /// <summary>
-    /// The CPU-device kernels (grid_sample_forward_blocked, grid_sample_backward_grid_blocked, the channel-last grad_input
-    /// scatter and its transposition) with other point blocks than the default: PB = 16 and 128 against shapes with fewer
-    /// points (and pixels) than a block, several blocks and a tail, 1 to 2 channel groups, every option, from a grid and
-    /// fused from theta; out, grad_input, grad_grid and grad_theta against the reference.
-    /// </summary>
-    [Test]
-    public void CpuDeviceKernelsPointBlocks([Values(16, 128)] int pb)
-    {
-        if (_device.Backend is not GpuAttention.Backends.Kernels.KernelBackend be || !be.SpatialUsesCpuKernels)
-        {
-            Assert.Ignore("grid_sample_*_blocked run on OpenCL with the CPU spatial variant only");
-            return;
-        }
-        var space = GpuAttention.Backends.Kernels.KernelBackend.SpatialTuning;
-        be.SetTuningOverride(space, space.Default(be.Limits).With("PB", pb));
-        try
-        {
-            int seed = pb * 1000;
-            foreach (var s in new Shape[] { new(2, 3, 7, 9, 5, 11), new(1, 21, 19, 37, 23, 29), new(3, 2, 4, 4, 1, 1) })
-            foreach (var o in AllOptions())
-            {
-                string what = $"PB={pb} {s} {o}";
-                var rng = new Random(seed++);
-                var input = TestUtil.Random(rng, (long)s.N * s.C * s.H * s.W);
-                var grid = RandomGrid(rng, (long)s.N * s.Hout * s.Wout);
-                var theta = TestUtil.Random(rng, s.N * 6, 1.2f);
-                var gout = TestUtil.Random(rng, (long)s.N * s.C * s.Hout * s.Wout);
-                var di = ReferenceOps.ToDouble(input); var dg = ReferenceOps.ToDouble(grid); var dgo = ReferenceOps.ToDouble(gout);
-                using var ti = _device.Upload(input, s.N, s.C, s.H, s.W);
-                using var tg = _device.Upload(grid, s.N, s.Hout, s.Wout, 2);
-                using var tt = _device.Upload(theta, s.N, 2, 3);
-                using var tgo = _device.Upload(gout, s.N, s.C, s.Hout, s.Wout);
-                using var to = _device.Allocate(s.N, s.C, s.Hout, s.Wout);
-                using var tgi = _device.Allocate(s.N, s.C, s.H, s.W);
-                using var tgg = _device.Allocate(s.N, s.Hout, s.Wout, 2);
-                using var tgt = _device.Allocate(s.N, 2, 3);
-
-                _device.Fill(to, float.NaN);
-                _device.GridSample(ti, tg, to, o);
-                TestUtil.AssertClose(_device.Download(to), ReferenceOps.GridSample(di, dg, s.N, s.C, s.H, s.W, s.Hout, s.Wout, o), 1e-5, $"{what}: out");
-                _device.Fill(tgi, float.NaN); _device.Fill(tgg, float.NaN);
-                _device.GridSampleBackward(ti, tg, tgo, tgi, tgg, o);
-                var (rgi, rgg) = ReferenceOps.GridSampleBackward(di, dg, dgo, s.N, s.C, s.H, s.W, s.Hout, s.Wout, o);
-                TestUtil.AssertClose(_device.Download(tgi), rgi, 1e-4, $"{what}: grad_input");
-                double[] rgrid;
-                var ggot = _device.Download(tgg);
-                if (o.Mode == GridSampleMode.Nearest) Assert.That(ggot, Is.All.EqualTo(0f), $"{what}: nearest grad_grid is zero");
-                else TestUtil.AssertClose(ggot, rgg, 1e-4, $"{what}: grad_grid");
-
-                // The fused path's reference samples at the float grid the device computes from theta (affine_grid forms it with
-                // the same operations): a point within rounding of a pixel edge may fall on either side of it in float and double
-                // (the gradient jumps there), so the double grid of theta would not be a fair reference.
-                using (var fg = _device.AffineGrid(tt, s.Hout, s.Wout, o.AlignCorners)) rgrid = ReferenceOps.ToDouble(_device.Download(fg));
-                _device.Fill(to, float.NaN);
-                _device.SpatialTransform(ti, tt, to, o);
-                TestUtil.AssertClose(_device.Download(to), ReferenceOps.GridSample(di, rgrid, s.N, s.C, s.H, s.W, s.Hout, s.Wout, o), 1e-5, $"{what}: fused out");
-                if (o.Mode == GridSampleMode.Nearest) continue;
-                _device.Fill(tgi, float.NaN); _device.Fill(tgt, float.NaN);
-                _device.SpatialTransformBackward(ti, tt, tgo, tgi, tgt, o);
-                var (rgi2, rgg2) = ReferenceOps.GridSampleBackward(di, rgrid, dgo, s.N, s.C, s.H, s.W, s.Hout, s.Wout, o);
-                TestUtil.AssertClose(_device.Download(tgi), rgi2, 1e-4, $"{what}: fused grad_input");
-                TestUtil.AssertClose(_device.Download(tgt), ReferenceOps.AffineGridBackward(rgg2, s.N, s.Hout, s.Wout, o.AlignCorners), 1e-4, $"{what}: grad_theta");
-            }
-        }
-        finally { be.SetTuningOverride(space, null); }
     }
 
     // ---------------- fused spatial transformer ----------------

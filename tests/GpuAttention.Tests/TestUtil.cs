@@ -1,4 +1,3 @@
-using GpuAttention.Backends.Kernels;
 using GpuAttention.Reference;
 using NUnit.Framework;
 
@@ -24,36 +23,11 @@ internal static class TestUtil
         return a;
     }
 
-    /// <summary>Opens a device, or marks the test ignored with the reason the backend is missing. A spec with the suffix
-    /// <c>/sdpa=cpu|gpu</c> (see <see cref="SdpaBackends"/>) or <c>/spatial=cpu|gpu</c> (see <see cref="SpatialBackends"/>)
-    /// forces that kernel variant of the family on a kernel backend.</summary>
+    /// <summary>Opens a device, or marks the test ignored with the reason the backend is missing.</summary>
     public static Device OpenOrIgnore(string spec)
     {
-        string? family = null, variant = null;
-        int slash = spec.IndexOf('/');
-        if (slash >= 0)
-        {
-            var kv = spec[(slash + 1)..].Split('=', 2);
-            (spec, family, variant) = (spec[..slash], kv[0], kv.Length > 1 ? kv[1] : "");
-        }
-        Device d;
-        try { d = Device.Open(spec); }
+        try { return Device.Open(spec); }
         catch (BackendUnavailableException e) { Assert.Ignore(e.Message); throw; }
-        if (family is not null)
-        {
-            var be = (KernelBackend)d.Backend;
-            switch (family)
-            {
-                case "sdpa": be.SdpaVariant = KernelBackend.ParseVariant(variant); break;
-                case "spatial":
-                    be.SpatialVariant = KernelBackend.ParseVariant(variant, KernelBackend.SpatialVariantEnv);
-                    // the CPU-device grad_input scatter on every shape (by default small N·C takes the chunked one)
-                    if (be.SpatialVariant == KernelVariant.Cpu) be.ChannelLastScatterOverride = true;
-                    break;
-                default: d.Dispose(); throw new ArgumentException($"test backend spec: unknown kernel family '{family}' in '{spec}/{family}={variant}'");
-            }
-        }
-        return d;
     }
 
     public static void AssertClose(ReadOnlySpan<float> actual, ReadOnlySpan<double> reference, double bound, string what)
@@ -71,13 +45,4 @@ internal static class TestUtil
     }
 
     public static readonly string[] Backends = ["cpu", "opencl", "cuda"];
-
-    /// <summary>The SDPA fixtures' backends: OpenCL once per SDPA kernel variant (the CPU-device kernels of sdpa_cpu.cl and the
-    /// GPU-style ones of sdpa.cl / sdpa_backward.cl), whatever type the OpenCL device reports.</summary>
-    public static readonly string[] SdpaBackends = ["cpu", "opencl/sdpa=cpu", "opencl/sdpa=gpu", "cuda"];
-
-    /// <summary>The spatial fixtures' backends: OpenCL once per grid_sample kernel variant (the CPU-device kernels
-    /// grid_sample_*_blocked, with the channel-last grad_input scatter forced on every shape, and the GPU-style ones),
-    /// whatever type the OpenCL device reports.</summary>
-    public static readonly string[] SpatialBackends = ["cpu", "opencl/spatial=cpu", "opencl/spatial=gpu", "cuda"];
 }

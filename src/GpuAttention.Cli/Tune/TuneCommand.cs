@@ -5,7 +5,7 @@ using GpuAttention.Backends.Kernels.Tuning;
 namespace GpuAttention.Cli.Tune;
 
 /// <summary>
-/// <c>gpuattention tune --backend opencl[:K]|cuda[:K] [--op gemm,grid-sample,glimpse,sdpa] [--budget SECONDS] [--repeat N] [--dry-run]</c>
+/// <c>gpuattention tune --backend opencl[:K]|cuda[:K] [--op gemm,grid-sample,glimpse] [--budget SECONDS] [--repeat N] [--dry-run]</c>
 /// and <c>gpuattention tune --show [--backend B]</c>: searches each family's <c>-D</c> / launch-parameter space on the device
 /// (<see cref="Tuner"/>), prints a table per family, and stores the winners in the device's tuning cache
 /// (<see cref="TuningCache"/>), which the backend reads when it opens. <c>--dry-run</c> prints the spaces and the order the

@@ -59,8 +59,6 @@ internal abstract partial class KernelBackend : ISdpaBackend
         int keys = s.Causal ? Math.Min(s.S, 1) : s.S;
         if (s.L == 1 && keys >= SdpaDecodeMinKeys && keys > 0) { SdpaDecode(a, keys); return; }
 
-        if (SdpaUsesCpuKernels) { SdpaForwardCpu(a); return; }
-
         var (blockM, _, defines) = SdpaConfig(s.E, s.Ev);
         Launch("sdpa.cl", defines, "sdpa_forward", [RoundUp(s.L, blockM), (long)s.B * s.Hq], [blockM, 1],
         [

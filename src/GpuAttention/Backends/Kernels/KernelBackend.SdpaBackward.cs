@@ -44,7 +44,6 @@ internal abstract partial class KernelBackend : ISdpaBackwardBackend
         var dsum = Scratch("sdpa_backward.d", rows);
         Launch("sdpa_backward.cl", defines, "sdpa_bwd_preprocess", [RoundUp(rows, 64)], [64],
             [KernelArg.Of(a.Out), KernelArg.Of(a.GradOut), KernelArg.Of(dsum), rows]);
-        if (SdpaUsesCpuKernels) { SdpaBackwardCpu(a, dsum); return; }
         KernelArg[] tail =
         [
             s.Hq, s.Hkv, s.L, s.S, s.Scale, s.Causal, a.Mask is not null,

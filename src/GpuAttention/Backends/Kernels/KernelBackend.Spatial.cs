@@ -5,49 +5,32 @@ namespace GpuAttention.Backends.Kernels;
 internal abstract partial class KernelBackend : ISpatialBackend
 {
     /// <summary>
-    /// Tuning space of kernels/spatial.cl: CB (most channels per work-group of the grad_input scatter), TILE_P (points
-    /// staged per scatter step) and PB (output points per work-item of the CPU-device kernels grid_sample_*_blocked) are
-    /// <c>-D</c> defines; WG_P (work-group size of the one-work-item-per-point kernels: affine_grid, grid_sample forward,
-    /// grad_grid, atomic scatter, partial sums) and SCATTER_GROUPS (how many scatter work-groups the point chunking aims for)
-    /// are host launch parameters. Defaults: CB = WG_P = 64 (or the largest power of two the device allows), TILE_P = 64,
-    /// PB = 64, SCATTER_GROUPS = 512 on GPUs and 16 on CPU devices. PB is only searched on CPU devices (GPUs run
-    /// grid_sample_forward and grid_sample_backward_grid).
+    /// Tuning space of kernels/spatial.cl: CB (most channels per work-group of the grad_input scatter) and TILE_P (points
+    /// staged per scatter step) are <c>-D</c> defines; WG_P (work-group size of the one-work-item-per-point kernels:
+    /// affine_grid, grid_sample forward, grad_grid, atomic scatter, partial sums) and SCATTER_GROUPS (how many scatter
+    /// work-groups the point chunking aims for) are host launch parameters. Defaults: CB = WG_P = 64 (or the largest power of
+    /// two the device allows), TILE_P = 64, SCATTER_GROUPS = 512 on GPUs and 16 on CPU devices.
     /// </summary>
     internal static TuningSpace SpatialTuning { get; } = new()
     {
         Family = "grid-sample",
         Files = ["spatial.cl"],
         Knobs = [new("CB", [8, 16, 32, 64, 128]), new("TILE_P", [16, 32, 64, 128, 256]), new("WG_P", [16, 32, 64, 128, 256], IsDefine: false),
-                 new("SCATTER_GROUPS", [4, 8, 16, 32, 64, 512], IsDefine: false),
-                 new("PB", [16, 32, 64, 128])],
+                 new("SCATTER_GROUPS", [4, 8, 16, 32, 64, 512], IsDefine: false)],
         DefaultOf = (d, _) =>
         {
             int g = Math.Min(64, PowerOfTwoAtMost(d.MaxWorkGroupSize)), tileP = 64;
             while (tileP > 16 && 4L * tileP * (8 + g) > d.LocalMemBytes) tileP /= 2;    // only on devices with under 18 KiB of local memory
-            return TuningParams.Of(("CB", g), ("TILE_P", tileP), ("WG_P", g), ("SCATTER_GROUPS", d.IsGpu ? 512 : 16), ("PB", DefaultPointBlock));
+            return TuningParams.Of(("CB", g), ("TILE_P", tileP), ("WG_P", g), ("SCATTER_GROUPS", d.IsGpu ? 512 : 16));
         },
         InvalidOf = (p, d, _) =>
         {
             if (p["CB"] > d.MaxWorkGroupSize) return $"CB={p["CB"]} > work-group limit {d.MaxWorkGroupSize}";
             if (p["WG_P"] > d.MaxWorkGroupSize) return $"WG_P={p["WG_P"]} > work-group limit {d.MaxWorkGroupSize}";
-            if (d.IsGpu && p["PB"] != DefaultPointBlock) return $"PB={p["PB"]}: PB is for the CPU-device kernels, which GPUs do not run";
             long local = 4L * p["TILE_P"] * (8 + p["CB"]);
             return local > d.LocalMemBytes ? $"{local} B of local memory > {d.LocalMemBytes}" : null;
         },
     };
-
-    private const int DefaultPointBlock = 64;
-
-    /// <summary>Environment variable that forces the grid_sample variant (<c>cpu</c>: grid_sample_forward_blocked and
-    /// grid_sample_backward_grid_blocked, <c>gpu</c>: grid_sample_forward and grid_sample_backward_grid, <c>auto</c>), e.g. to run
-    /// the CPU-device kernels under oclgrind, which reports itself as a GPU. The grad_input scatter is the same in both.</summary>
-    internal const string SpatialVariantEnv = "GPUATTENTION_SPATIAL_VARIANT";
-
-    /// <summary>The grid_sample kernels this backend runs (tests set it; the default comes from <see cref="SpatialVariantEnv"/>).</summary>
-    internal KernelVariant SpatialVariant { get; set; } = ParseVariant(Environment.GetEnvironmentVariable(SpatialVariantEnv), SpatialVariantEnv);
-
-    /// <summary>True when grid_sample runs the CPU-device kernels (grid_sample_*_blocked): OpenCL only, on a device that is not a GPU or when forced.</summary>
-    internal bool SpatialUsesCpuKernels => UsesCpuKernels(SpatialVariant);
 
     /// <summary>This device's spatial knobs: the tuned winner if cached, else the default of <see cref="SpatialTuning"/>.</summary>
     private TuningParams SpatialParams => Tuned(SpatialTuning);
@@ -66,8 +49,7 @@ internal abstract partial class KernelBackend : ISpatialBackend
 
     /// <summary>The spatial.cl configuration for the compile checks (one program per device).</summary>
     private static IEnumerable<KernelConfig> SpatialShippedConfigs(KernelDeviceLimits d) =>
-        [new KernelConfig("spatial.cl", SpatialDefinesFor(SpatialTuning.Default(d), d), ["affine_grid_forward", "affine_grid_backward", "grid_sample_forward", "grid_sample_forward_blocked", "grid_sample_backward_grid_blocked",
-            "grid_sample_backward_input_blocked", "grid_sample_channel_last_to_nchw",
+        [new KernelConfig("spatial.cl", SpatialDefinesFor(SpatialTuning.Default(d), d), ["affine_grid_forward", "affine_grid_backward", "grid_sample_forward",
             "grid_sample_backward_grid", "grid_sample_backward_input", "grid_sample_sum_partials",
             "grid_sample_backward_input_atomic"])];
 
@@ -102,48 +84,10 @@ internal abstract partial class KernelBackend : ISpatialBackend
         var s = a.Shape;
         long P = s.OutPoints;
         if (s.N == 0 || s.C == 0 || P == 0) return;
-        if (SpatialUsesCpuKernels)
-        {
-            int pb = SpatialParams["PB"];
-            Launch("spatial.cl", SpatialDefines, "grid_sample_forward_blocked", [(P + pb - 1) / pb, s.N], [1, 1],
-                [KernelArg.Of(a.Input), KernelArg.Of(a.Grid), KernelArg.Of(a.Theta), KernelArg.Of(a.Out), s.C, s.H, s.W, s.Hout, s.Wout, a.Theta is not null, (int)s.Mode, (int)s.Padding, s.AlignCorners]);
-            return;
-        }
         int wg = PointGroup;
         Launch("spatial.cl", SpatialDefines, "grid_sample_forward", [RoundUp(P, wg), s.N], [wg, 1],
             [KernelArg.Of(a.Input), KernelArg.Of(a.Grid), KernelArg.Of(a.Theta), KernelArg.Of(a.Out), s.C, s.H, s.W, s.Hout, s.Wout, a.Theta is not null, (int)s.Mode, (int)s.Padding, s.AlignCorners]);
     }
-
-    /// <summary>Channels per work-item of grid_sample_backward_input_blocked (LANES in kernels/spatial.cl).</summary>
-    private const int ScatterLanes = 16;
-
-    /// <summary>
-    /// Whether the deterministic grad_input scatter runs the CPU-device kernels (grid_sample_backward_input_blocked, then
-    /// grid_sample_channel_last_to_nchw): with the CPU spatial variant, when there are at least two (image, channel group)
-    /// work-items per host core (a CPU device runs on this host's cores; with fewer, the chunked scatter spreads the points
-    /// instead), and when the channel-last scratch (N·⌈C/16⌉·H·W·16 floats) fits in one buffer.
-    /// </summary>
-    internal bool UsesChannelLastScatter(in GridSampleShape s)
-    {
-        if (!SpatialUsesCpuKernels) return false;
-        long groups = (long)s.N * ((s.C + ScatterLanes - 1) / ScatterLanes);
-        if (ChannelLastScatterOverride is { } force) return force && groups * s.H * s.W * ScatterLanes <= MaxBufferElements;
-        return groups >= 2L * Environment.ProcessorCount && groups * s.H * s.W * ScatterLanes <= MaxBufferElements;
-    }
-
-    /// <summary>Environment variable that forces the channel-last scatter on (<c>1</c>, any shape; with the CPU spatial variant) or off
-    /// (<c>0</c>), e.g. for `.ci/oclgrind`, whose small shapes would otherwise take the chunked scatter.</summary>
-    internal const string ChannelLastScatterEnv = "GPUATTENTION_CHANNEL_LAST_SCATTER";
-
-    /// <summary>Forces the channel-last scatter on (any shape) or off; null: <see cref="UsesChannelLastScatter"/> decides by shape.
-    /// Tests set it; the default comes from <see cref="ChannelLastScatterEnv"/>.</summary>
-    internal bool? ChannelLastScatterOverride { get; set; } = Environment.GetEnvironmentVariable(ChannelLastScatterEnv)?.Trim() switch
-    {
-        null or "" => null,
-        "1" => true,
-        "0" => false,
-        var v => throw new ArgumentException($"{ChannelLastScatterEnv}={v}: expected 1 or 0"),
-    };
 
     /// <summary>
     /// Channel block (work-group size) and number of point chunks of the grad_input scatter: a function of the shape
@@ -172,9 +116,7 @@ internal abstract partial class KernelBackend : ISpatialBackend
         long P = s.OutPoints;
         long len = (long)s.N * s.C * s.H * s.W;
         bool fused = a.Theta is not null;
-        // The channel-last scatter's transposition writes every element of grad_input; the other scatters add into zeros.
-        bool channelLast = s.C > 0 && !a.Atomic && UsesChannelLastScatter(s);
-        if (!(channelLast && s.N > 0 && P > 0)) Fill(a.GradInput, 0f);
+        Fill(a.GradInput, 0f);                              // the scatters add into zeros
         if (s.N == 0) return;
         if (P == 0)
         {
@@ -188,31 +130,13 @@ internal abstract partial class KernelBackend : ISpatialBackend
         string d = SpatialDefines;
         KernelArg[] gridArgs = [KernelArg.Of(a.Input), KernelArg.Of(a.Grid), KernelArg.Of(a.Theta), KernelArg.Of(a.GradOut), KernelArg.Of(gridGrad),
             s.C, s.H, s.W, s.Hout, s.Wout, fused, (int)s.Mode, (int)s.Padding, s.AlignCorners];
-        if (SpatialUsesCpuKernels)
-        {
-            int pb = SpatialParams["PB"];
-            Launch("spatial.cl", d, "grid_sample_backward_grid_blocked", [(P + pb - 1) / pb, s.N], [1, 1], gridArgs);
-        }
-        else
-            Launch("spatial.cl", d, "grid_sample_backward_grid", [RoundUp(P, wg), s.N], [wg, 1], gridArgs);
+        Launch("spatial.cl", d, "grid_sample_backward_grid", [RoundUp(P, wg), s.N], [wg, 1], gridArgs);
         if (s.C > 0 && a.Atomic)
         {
             // Opt-in: one work-item per output point, float atomic adds into grad_input (zeroed above). Nondeterministic order.
             Launch("spatial.cl", d, "grid_sample_backward_input_atomic", [RoundUp(P, wg), s.N], [wg, 1],
                 [KernelArg.Of(a.Grid), KernelArg.Of(a.Theta), KernelArg.Of(a.GradOut), KernelArg.Of(a.GradInput),
                  s.C, s.H, s.W, s.Hout, s.Wout, fused, (int)s.Mode, (int)s.Padding, s.AlignCorners]);
-        }
-        else if (channelLast)
-        {
-            // CPU devices: one work-item per (image, group of 16 channels) accumulating channel-last, then one transposition.
-            int nCg = (s.C + ScatterLanes - 1) / ScatterLanes, pb = SpatialParams["PB"];
-            long plane = (long)s.H * s.W;
-            var scratch = Scratch("spatial.channel_last", (long)s.N * nCg * plane * ScatterLanes);
-            Launch("spatial.cl", d, "grid_sample_backward_input_blocked", [nCg, s.N], [1, 1],
-                [KernelArg.Of(a.Grid), KernelArg.Of(a.Theta), KernelArg.Of(a.GradOut), KernelArg.Of(scratch),
-                 s.C, s.H, s.W, s.Hout, s.Wout, fused, (int)s.Mode, (int)s.Padding, s.AlignCorners]);
-            Launch("spatial.cl", d, "grid_sample_channel_last_to_nchw", [(plane + pb - 1) / pb, nCg, s.N], [1, 1, 1],
-                [KernelArg.Of(scratch), KernelArg.Of(a.GradInput), s.C, plane]);
         }
         else if (s.C > 0)
         {

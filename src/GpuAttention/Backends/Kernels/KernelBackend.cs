@@ -91,7 +91,6 @@ internal abstract partial class KernelBackend : IBackend
     [
         SdpaShippedConfigs,
         SdpaBackwardShippedConfigs,
-        SdpaCpuShippedConfigs,
         GemmShippedConfigs,
         SpatialShippedConfigs,
         GlimpseShippedConfigs,

@@ -46,11 +46,6 @@ internal static class Tuner
         var be = device.Backend as KernelBackend ?? throw new NotSupportedException($"{device.Spec}: only the opencl and cuda backends have kernels to tune");
         var space = w.Space;
         var limits = be.Limits;
-        if (space.NotUsedOn(limits) is string notUsed)
-        {
-            log.WriteLine($"{space.Family} [{w.Key}] on {device.Spec} ({device.Name}): skipped: {notUsed}");
-            return new TuningFamilyResult(w, [], 0, 0, null, null, 0);
-        }
         var order = space.CandidateOrder(limits, out int invalid, w.Key);
         var def = space.Default(limits, w.Key);
         var results = new List<TuningCandidateResult>();

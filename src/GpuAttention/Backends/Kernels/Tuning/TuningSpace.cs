@@ -11,7 +11,7 @@ internal sealed record TuningKnob(string Name, int[] Values, bool IsDefine = tru
 /// device (what the host code chose before tuning existed), and the validity constraints a candidate must meet on a device
 /// (work-group size, local memory, divisibility); both may depend on the key (e.g. SDPA's head dims). A parameter set is a knob name → value map over every knob.
 /// <para>
-/// <b>Registering a family</b> (as SDPA's CPU-device kernels are) takes a few lines: declare a static <see cref="TuningSpace"/> beside the family's
+/// <b>Registering a family</b> takes a few lines: declare a static <see cref="TuningSpace"/> beside the family's
 /// define-choosing code in <c>KernelBackend.&lt;Family&gt;.cs</c> (knobs = its <c>#ifndef</c> defines, <see cref="DefaultOf"/> = the
 /// current choice, <see cref="InvalidOf"/> = its limits), make that code take its values from
 /// <see cref="KernelBackend.Tuned"/>(space, key) instead of the fixed choice, add the space to <see cref="TuningSpaces.All"/>, and add
@@ -21,7 +21,7 @@ internal sealed record TuningKnob(string Name, int[] Values, bool IsDefine = tru
 /// <see cref="AnyKey"/>.
 /// </para>
 /// <para>
-/// SDPA's CPU-device kernels are registered this way (<c>KernelBackend.SdpaCpu.cs</c>, key "E{e}_{ev}"); the GPU kernels of sdpa.cl would be, in <c>KernelBackend.Sdpa.cs</c>:
+/// gemm, grid-sample and glimpse are registered with <see cref="AnyKey"/>; the kernels of sdpa.cl would be, keyed by head dims, in <c>KernelBackend.Sdpa.cs</c>:
 /// <code>
 /// internal static TuningSpace SdpaTuning { get; } = new()
 /// {
@@ -52,10 +52,6 @@ internal sealed class TuningSpace
     public required Func<KernelDeviceLimits, string, TuningParams> DefaultOf { get; init; }
     /// <summary>Why a complete parameter set cannot run on a device for a key (work-group size, local memory, ...), or null when it can.</summary>
     public required Func<TuningParams, KernelDeviceLimits, string, string?> InvalidOf { get; init; }
-
-    /// <summary>Why the family's kernels are not used on a device at all (e.g. SDPA's CPU-device kernels on a GPU), or null when
-    /// they are: the tuner skips such a device with the reason instead of timing kernels the backend never launches there.</summary>
-    public Func<KernelDeviceLimits, string?> NotUsedOn { get; init; } = _ => null;
 
     /// <summary>The built-in choice on <paramref name="d"/> for shapes of <paramref name="key"/>.</summary>
     public TuningParams Default(KernelDeviceLimits d, string key = AnyKey) => DefaultOf(d, key);
@@ -158,7 +154,7 @@ internal sealed class TuningParams : IEquatable<TuningParams>
     public override string ToString() => string.Join(" ", _items.Select(i => $"{i.Key}={i.Value}"));
 }
 
-/// <summary>Every registered tuning space, by family name (SDPA: the CPU-device kernels of sdpa_cpu.cl, keyed by head dims).</summary>
+/// <summary>Every registered tuning space, by family name.</summary>
 internal static class TuningSpaces
 {
     public static IReadOnlyList<TuningSpace> All { get; } =
@@ -166,7 +162,6 @@ internal static class TuningSpaces
         KernelBackend.GemmTuning,
         KernelBackend.SpatialTuning,
         KernelBackend.GlimpseTuning,
-        KernelBackend.SdpaCpuTuning,
     ];
 
     public static TuningSpace? Find(string family) => All.FirstOrDefault(s => s.Family == family);

@@ -31,10 +31,10 @@ internal sealed record TuningWorkload(TuningSpace Space, string Key, string Shap
     public double Rate(double ms) => WorkPerRun / (ms * 1e-3) / 1e9;
 }
 
-/// <summary>The workloads of the registered families (SDPA: add one per head-dim key here when its space is registered).</summary>
+/// <summary>The workloads of the registered families (a family keyed by shape class adds one per key).</summary>
 internal static class TuningWorkloads
 {
-    public static IReadOnlyList<TuningWorkload> All { get; } = [Gemm(), GridSample(), Glimpse(), Sdpa(64, 64)];
+    public static IReadOnlyList<TuningWorkload> All { get; } = [Gemm(), GridSample(), Glimpse()];
 
     private static float[] R(int seed, long n, float scale = 1f)
     {
@@ -126,65 +126,6 @@ internal static class TuningWorkloads
                 using var ggr = d.Upload(gh, n, ho, wo, 2);
                 using var gt = d.AffineGridBackward(ggr);
                 checks.Add(new("affine_grid backward", ReferenceOps.RelativeError(d.Download(gt), ReferenceOps.AffineGridBackward(ReferenceOps.ToDouble(gh), n, ho, wo, false)), 1e-4));
-                return checks;
-            });
-    }
-
-    // ---------------- SDPA (sdpa_cpu.cl on CPU devices): B1 H8 L=S=1024, forward + backward, per head dims ----------------
-
-    private static TuningWorkload Sdpa(int e, int ev)
-    {
-        const int B = 1, H = 8, L = 1024, S = 1024;
-        // Forward 2·B·H·L·S·(E + Ev) FLOPs; backward counted as 2.5× forward (as bench/compare.py).
-        double flops = 3.5 * 2.0 * B * H * L * S * (e + ev);
-        return new(KernelBackend.SdpaCpuTuning, KernelBackend.SdpaTuningKey(e, ev), $"sdpa fwd+bwd B{B} H{H} L=S={L} E{e} Ev{ev}", flops, "GFLOP/s",
-            d =>
-            {
-                var q = d.Upload(R(40, (long)B * H * L * e), B, H, L, e);
-                var k = d.Upload(R(41, (long)B * H * S * e), B, H, S, e);
-                var v = d.Upload(R(42, (long)B * H * S * ev), B, H, S, ev);
-                var go = d.Upload(R(43, (long)B * H * L * ev), B, H, L, ev);
-                var o = d.Allocate(B, H, L, ev);
-                var lse = d.Allocate(B, H, L);
-                var gq = d.Allocate(B, H, L, e);
-                var gk = d.Allocate(B, H, S, e);
-                var gv = d.Allocate(B, H, S, ev);
-                return new TuningRun(() => { d.Sdpa(q, k, v, o, lse); d.SdpaBackward(q, k, v, o, lse, go, gq, gk, gv); }, [q, k, v, go, o, lse, gq, gk, gv]);
-            },
-            d =>
-            {
-                // GQA, L and S no multiple of 16 or of any CPU_QB / CPU_KB; causal with L < S and a float mask with L > S.
-                var checks = new List<TuningCheck>();
-                foreach (var (b, hq, hkv, l, s, causal, masked) in new[] { (2, 4, 2, 37, 53, true, false), (1, 2, 1, 45, 29, false, true) })
-                {
-                    float[] qh = R(50, (long)b * hq * l * e), kh = R(51, (long)b * hkv * s * e), vh = R(52, (long)b * hkv * s * ev);
-                    float[] goh = R(53, (long)b * hq * l * ev);
-                    float[]? mh = masked ? R(54, (long)l * s) : null;
-                    using var q = d.Upload(qh, b, hq, l, e);
-                    using var k = d.Upload(kh, b, hkv, s, e);
-                    using var v = d.Upload(vh, b, hkv, s, ev);
-                    using var go = d.Upload(goh, b, hq, l, ev);
-                    using var mask = mh is null ? null : d.Upload(mh, l, s);
-                    var opts = new SdpaOptions(IsCausal: causal);
-                    float scale = 1f / MathF.Sqrt(e);
-                    int[]? mshape = mh is null ? null : [l, s];
-                    var (o, lse) = d.Sdpa(q, k, v, mask, opts);
-                    using (o) using (lse)
-                    {
-                        var (ro, rl) = ReferenceOps.SdpaForward(qh, kh, vh, b, hq, hkv, l, s, e, ev, scale, causal, mh, mshape);
-                        string tag = causal ? "causal" : "mask";
-                        checks.Add(new($"sdpa out {tag}", ReferenceOps.RelativeError(d.Download(o), ro), 1e-5));
-                        checks.Add(new($"sdpa lse {tag}", ReferenceOps.RelativeError(d.Download(lse), rl), 1e-5));
-                        var (gq, gk, gv) = d.SdpaBackward(q, k, v, o, lse, go, mask, opts);
-                        using (gq) using (gk) using (gv)
-                        {
-                            var (rq, rk, rv) = ReferenceOps.SdpaBackward(qh, kh, vh, goh, b, hq, hkv, l, s, e, ev, scale, causal, mh, mshape);
-                            checks.Add(new($"grad_q {tag}", ReferenceOps.RelativeError(d.Download(gq), rq), 1e-4));
-                            checks.Add(new($"grad_k {tag}", ReferenceOps.RelativeError(d.Download(gk), rk), 1e-4));
-                            checks.Add(new($"grad_v {tag}", ReferenceOps.RelativeError(d.Download(gv), rv), 1e-4));
-                        }
-                    }
-                }
                 return checks;
             });
     }
