@@ -2,6 +2,7 @@ using GpuAttention.Backends;
 using GpuAttention.Backends.Cpu;
 using GpuAttention.Backends.Cuda;
 using GpuAttention.Backends.Cuda.Native;
+using GpuAttention.Backends.Ilgpu;
 using GpuAttention.Backends.OpenCL;
 
 namespace GpuAttention;
@@ -47,7 +48,10 @@ public sealed partial class Device : IDisposable
 
     /// <summary>
     /// Opens a device: "cpu" (managed, always present), "opencl" or "opencl:K" (K-th OpenCL device over all
-    /// platforms), "cuda" or "cuda:K", or "auto" (CUDA if present, else an OpenCL GPU, else the CPU).
+    /// platforms), "cuda" or "cuda:K", the ILGPU backends "ilgpu:cuda[:K]", "ilgpu:opencl[:K]" (K over every OpenCL device),
+    /// "ilgpu:cpu" (ILGPU's CPU simulator: verification only, slow) and "ilgpu" (ILGPU's CUDA device 0, else its first OpenCL
+    /// device it accepts; never the simulator: with neither it throws, naming why each is missing), or "auto" (CUDA through NVRTC,
+    /// else ILGPU's CUDA, else an OpenCL GPU, else an ILGPU OpenCL device, else the managed CPU; never a simulator).
     /// </summary>
     /// <exception cref="BackendUnavailableException">The backend or device is not present; the message says why.</exception>
     /// <exception cref="ArgumentException">The spec is not one of the forms above.</exception>
@@ -56,13 +60,14 @@ public sealed partial class Device : IDisposable
         ArgumentNullException.ThrowIfNull(spec);
         var s = spec.Trim().ToLowerInvariant();
         if (s == "auto") return OpenAuto();
+        if (s == "ilgpu" || s.StartsWith("ilgpu:", StringComparison.Ordinal)) return OpenIlgpu(s);
         var (name, index) = ParseSpec(s);
         return name switch
         {
             "cpu" => index == 0 ? new Device(new CpuBackend(), "cpu") : throw new BackendUnavailableException($"cpu:{index}: there is only one managed CPU device (cpu)"),
             "opencl" => new Device(OpenClBackend.Create(index), $"opencl:{index}"),
             "cuda" => new Device(CudaBackend.Create(index), $"cuda:{index}"),
-            _ => throw new ArgumentException($"backend: expected cpu, opencl[:K], cuda[:K] or auto, got '{spec}'", nameof(spec)),
+            _ => throw new ArgumentException($"backend: expected cpu, opencl[:K], cuda[:K], ilgpu[:cuda[:K]|:opencl[:K]|:cpu] or auto, got '{spec}'", nameof(spec)),
         };
     }
 
@@ -79,6 +84,7 @@ public sealed partial class Device : IDisposable
     {
         try { return new Device(CudaBackend.Create(0), "cuda:0"); }
         catch (Exception e) when (e is BackendUnavailableException or CudaException) { }
+        if (TryIlgpu(IlgpuTarget.Cuda) is { } ic) return ic;
         try
         {
             var devices = OpenClBackend.Enumerate();
@@ -86,7 +92,32 @@ public sealed partial class Device : IDisposable
             if (gpu >= 0) return new Device(OpenClBackend.Create(gpu), $"opencl:{gpu}");
         }
         catch (BackendUnavailableException) { }
+        if (TryIlgpu(IlgpuTarget.OpenCL) is { } io) return io;
         return new Device(new CpuBackend(), "cpu");
+    }
+
+    /// <summary>The first ILGPU device of <paramref name="target"/> that ILGPU accepts, else null.</summary>
+    private static Device? TryIlgpu(IlgpuTarget target)
+    {
+        foreach (var d in IlgpuRuntime.Discover())
+        {
+            if (d.Target != target || d.Problem is not null) continue;
+            try { return new Device(IlgpuBackend.Create(d.Target, d.Index), d.Spec); }
+            catch (BackendUnavailableException) { }
+        }
+        return null;
+    }
+
+    private static Device OpenIlgpu(string s)
+    {
+        if (IlgpuRuntime.ParseSpec(s) is var (target, index))
+            return new Device(IlgpuBackend.Create(target, index), target == IlgpuTarget.Cpu ? "ilgpu:cpu" : $"ilgpu:{target.ToString().ToLowerInvariant()}:{index}");
+        var best = TryIlgpu(IlgpuTarget.Cuda) ?? TryIlgpu(IlgpuTarget.OpenCL);
+        if (best is not null) return best;
+        var refused = IlgpuRuntime.Discover().Where(d => d.Problem is not null).Select(d => $"{d.Spec}: {d.Problem}");
+        throw new BackendUnavailableException("ilgpu: no ILGPU GPU accelerator (" + string.Join("; ",
+            new[] { IlgpuRuntime.CudaProblem, IlgpuRuntime.OpenClProblem }.OfType<string>().Concat(refused))
+            + "); 'ilgpu:cpu' opens ILGPU's CPU simulator explicitly");
     }
 
     /// <summary>Lists every backend and device found, and why a missing one is missing.</summary>
@@ -118,7 +149,22 @@ public sealed partial class Device : IDisposable
             string? nvrtc = CudaBackend.NvrtcProblem();
             list.Add(new("cuda", BackendKind.Cuda, "", false, nvrtc is null ? e.Message : e.Message + "; " + nvrtc));
         }
+        ProbeIlgpu(list);
         return list;
+    }
+
+    private static void ProbeIlgpu(List<DeviceDescription> list)
+    {
+        IReadOnlyList<IlgpuDeviceInfo> found;
+        try { found = IlgpuRuntime.Discover(); }
+        catch (Exception e) { list.Add(new("ilgpu", BackendKind.Ilgpu, "", false, $"ilgpu: {e.GetType().Name}: {e.Message}")); return; }
+        var gpu = found.FirstOrDefault(d => d.Target != IlgpuTarget.Cpu && d.Problem is null);
+        list.Add(gpu is not null
+            ? new("ilgpu", BackendKind.Ilgpu, $"= {gpu.Spec}", true, null)
+            : new("ilgpu", BackendKind.Ilgpu, "", false, "ilgpu: no ILGPU GPU accelerator (see ilgpu:cuda, ilgpu:opencl below; ilgpu:cpu is the simulator, opened only by name)"));
+        if (IlgpuRuntime.CudaProblem is { } cp) list.Add(new("ilgpu:cuda", BackendKind.Ilgpu, "", false, cp));
+        if (IlgpuRuntime.OpenClProblem is { } op) list.Add(new("ilgpu:opencl", BackendKind.Ilgpu, "", false, op));
+        foreach (var d in found) list.Add(new(d.Spec, BackendKind.Ilgpu, d.Name, d.Problem is null, d.Problem));
     }
 
     /// <summary>Whether this device has its own kernel for <paramref name="op"/>; when it has not, the op runs on the CPU backend with copies.</summary>

@@ -32,4 +32,7 @@ public enum BackendKind
     OpenCL,
     /// <summary>CUDA driver API with kernels compiled by NVRTC.</summary>
     Cuda,
+    /// <summary>Hand-written C# kernels compiled by ILGPU, on its CUDA or OpenCL accelerator or its CPU simulator
+    /// (<c>ilgpu:cpu</c>, for verification); also a device opened over a caller's accelerator (<see cref="Device.FromAccelerator"/>).</summary>
+    Ilgpu,
 }

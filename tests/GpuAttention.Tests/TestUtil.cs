@@ -44,5 +44,9 @@ internal static class TestUtil
         Assert.That(rel, Is.LessThanOrEqualTo(bound), $"{what}: relative error {rel:E3} > {bound:E1} (max abs {ReferenceOps.MaxAbsError(actual, reference):E3}){where}");
     }
 
-    public static readonly string[] Backends = ["cpu", "opencl", "cuda"];
+    /// <summary>Every fixture's backends. "ilgpu:cpu" is ILGPU's CPU simulator: families with an ILGPU kernel run it there, the rest
+    /// fall back to the CPU backend with copies (<see cref="Device.SupportsOp"/>).</summary>
+    public static readonly string[] Backends = ["cpu", "opencl", "cuda", "ilgpu:cpu"];
+
+
 }
