@@ -19,7 +19,8 @@ public class GlimpseBench
 {
     public const int N = 16, C = 16, S = 128, G = 32;
 
-    [Params("cpu", "opencl")] public string Backend { get; set; } = "cpu";
+    public static IEnumerable<string> Backends() => BenchBackends.List();
+    [ParamsSource(nameof(Backends))] public string Backend { get; set; } = "cpu";
 
     private Device _d = null!;
     private Tensor _img = null!, _p = null!, _out = null!, _g = null!, _gi = null!, _gp = null!;

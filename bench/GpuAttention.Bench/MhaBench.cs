@@ -6,7 +6,8 @@ namespace GpuAttention.Bench;
 [Config(typeof(ShortConfig))]
 public class MhaBench
 {
-    [Params("cpu", "opencl")] public string Backend { get; set; } = "cpu";
+    public static IEnumerable<string> Backends() => BenchBackends.List();
+    [ParamsSource(nameof(Backends))] public string Backend { get; set; } = "cpu";
 
     private Device _d = null!;
     private MultiHeadAttention _m = null!;

@@ -23,7 +23,7 @@ public class SdpaBackwardBench
         public override string ToString() => $"{Backend} B1 H8 L=S={L} E64";
     }
 
-    public static IEnumerable<Shape> Shapes() => [new("cpu", 1024), new("opencl", 256)];
+    public static IEnumerable<Shape> Shapes() => [new("cpu", 1024), new("opencl", 256), .. BenchBackends.List().Where(b => b.StartsWith("ilgpu", StringComparison.Ordinal)).Select(b => new Shape(b, 1024))];
 
     [ParamsSource(nameof(Shapes))] public Shape Case { get; set; } = null!;
 

@@ -10,7 +10,8 @@ namespace GpuAttention.Bench;
 [Config(typeof(GflopsConfig))]
 public class SdpaForwardBenchmark : IFlopCount
 {
-    [Params("cpu", "opencl")] public string Backend { get; set; } = "cpu";
+    public static IEnumerable<string> Backends() => BenchBackends.List();
+    [ParamsSource(nameof(Backends))] public string Backend { get; set; } = "cpu";
     [Params(false, true)] public bool Causal { get; set; }
     public int B = 1, H = 8, L = 1024, S = 1024, E = 64;
 

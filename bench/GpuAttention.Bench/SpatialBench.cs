@@ -21,7 +21,8 @@ public class SpatialBench
     private Tensor _input = null!, _grid = null!, _theta = null!, _gradOut = null!, _out = null!, _gradInput = null!, _gradGrid = null!, _gradTheta = null!;
     private readonly GridSampleOptions _options = new(GridSampleMode.Bilinear, GridSamplePadding.Zeros, false);
 
-    [Params("cpu", "opencl")] public string Backend { get; set; } = "cpu";
+    public static IEnumerable<string> Backends() => BenchBackends.List();
+    [ParamsSource(nameof(Backends))] public string Backend { get; set; } = "cpu";
 
     [GlobalSetup]
     public void Setup()

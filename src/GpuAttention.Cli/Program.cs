@@ -16,8 +16,9 @@ public static class Program
           gpuattention soak [--backend BACKEND] (--minutes N | --iterations N) [--interval S] [--case TEXT] [--skip TEXT] | --list
           gpuattention tune --backend opencl[:K]|cuda[:K] [--op gemm,grid-sample,glimpse] [--budget SECONDS] [--repeat N] [--dry-run]
           gpuattention tune --show [--backend BACKEND]
+          gpuattention ptx --arch sm_80|sm_90 --out DIR | --report FILE
         OP: {0}
-        BACKEND: cpu | opencl[:K] | cuda[:K] | auto
+        BACKEND: cpu | opencl[:K] | cuda[:K] | ilgpu | ilgpu:cuda[:K] | ilgpu:opencl[:K] | ilgpu:cpu | auto
         options: --causal --scale X --size H,W --align-corners --mode bilinear|nearest --padding zeros|border|reflection --atomic
         tune: searches the kernels' tile sizes (-D defines) and work-group sizes on the device; every candidate is checked against
           the reference, then timed (median); the winners go to a per-device cache that the backend reads when it opens:
@@ -54,7 +55,8 @@ public static class Program
                 "verify" => Verify.VerifyCommand.Run(args.AsSpan(1)),
                 "soak" => Soak.SoakCommand.Run(args.AsSpan(1)),
                 "tune" => Tune.TuneCommand.Run(args.AsSpan(1)),
-                _ => throw new UsageException($"unknown command '{args[0]}' (expected run, devices, verify, demo, soak or tune)"),
+                "ptx" => Ptx.PtxCommand.Run(args.AsSpan(1)),
+                _ => throw new UsageException($"unknown command '{args[0]}' (expected run, devices, verify, demo, soak, tune or ptx)"),
             };
         }
         catch (UsageException e) { return Fail(2, e.Message + "\n" + UsageText()); }
@@ -122,10 +124,15 @@ public static class Program
     internal static void ValidateBackendName(string b)
     {
         string s = b.ToLowerInvariant();
+        if (s == "ilgpu" || s.StartsWith("ilgpu:", StringComparison.Ordinal))
+        {
+            try { Backends.Ilgpu.IlgpuRuntime.ParseSpec(s); return; }
+            catch (ArgumentException e) { throw new UsageException("--" + e.Message); }
+        }
         int c = s.IndexOf(':');
         string name = c < 0 ? s : s[..c];
         if (name is not ("cpu" or "opencl" or "cuda" or "auto") || c >= 0 && (name == "auto" || !int.TryParse(s[(c + 1)..], out int k) || k < 0))
-            throw new UsageException($"--backend: expected cpu, opencl[:K], cuda[:K] or auto, got '{b}'");
+            throw new UsageException($"--backend: expected cpu, opencl[:K], cuda[:K], ilgpu[:cuda[:K]|:opencl[:K]|:cpu] or auto, got '{b}'");
     }
 
     /// <summary>Writes every output to a temporary folder inside DIR first, then moves them into place: a failure leaves DIR untouched.</summary>
