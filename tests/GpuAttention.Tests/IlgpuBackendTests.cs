@@ -198,6 +198,17 @@ public class IlgpuBackendTests
         }
     }
 
+    /// <summary>`verify --backend ilgpu:cpu` on the families with ILGPU kernels (the whole table takes many minutes on the
+    /// simulator: its GPU-sized MHA case alone is thousands of group barriers).</summary>
+    [Test]
+    public void VerifyOnTheSimulatorPassesTheGemmCases()
+    {
+        var (code, so, se) = CliRunner.Run("verify", "--backend", "ilgpu:cpu", "--only", "gemm");
+        Assert.That(code, Is.Zero, so + se);
+        Assert.That(so, Does.Contain("verify on ilgpu:cpu"));
+        Assert.That(so.TrimEnd().Split('\n')[^1], Does.Match(@"^[1-9]\d* passed, 0 failed$"));
+    }
+
     [Test]
     public void DevicesCommandExplainsIlgpu()
     {
