@@ -25,6 +25,7 @@ internal static class IlgpuKernelRegistry
     {
         // Each op family's host class lists its own configurations: add one line per family, e.g.
         // foreach (var c in IlgpuSdpa.ShippedConfigs()) yield return c;
+        // Then regenerate bench/results/ptxas-report.txt (gpuattention ptx --report FILE): PtxGateTests checks it lists every entry.
         foreach (var c in IlgpuBackend.ShippedUtilConfigs()) yield return c;
         foreach (var c in IlgpuGemm.ShippedConfigs()) yield return c;
     }
