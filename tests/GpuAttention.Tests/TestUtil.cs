@@ -47,6 +47,4 @@ internal static class TestUtil
     /// <summary>Every fixture's backends. "ilgpu:cpu" is ILGPU's CPU simulator: families with an ILGPU kernel run it there, the rest
     /// fall back to the CPU backend with copies (<see cref="Device.SupportsOp"/>).</summary>
     public static readonly string[] Backends = ["cpu", "opencl", "cuda", "ilgpu:cpu"];
-
-
 }
