@@ -23,8 +23,7 @@ internal static class IlgpuKernelRegistry
 {
     public static IEnumerable<IlgpuKernelConfig> All()
     {
-        // Each op family's host class lists its own configurations: add one line per family, e.g.
-        // foreach (var c in IlgpuSdpa.ShippedConfigs()) yield return c;
-        yield break;
+        // Each op family's host class lists its own configurations: one line per family.
+        foreach (var c in IlgpuSdpa.ShippedConfigs()) yield return c;
     }
 }
