@@ -51,7 +51,7 @@ internal static class SdpaBackwardKernels
     }
 
     /// <summary>
-    /// dQ for a block of 4·W query rows of one (b, h). Grid X = B·Hq, Y = ceil(L / 4W); block = 32·W threads.
+    /// dQ for a block of 4·W query rows of one (b, h). Grid X = B·Hq · ceil(L / 4W) (flat); block = 32·W threads.
     /// <para>The block's Q rows (pre-scaled by scale·log2e) and dO rows stay in shared memory; keys stream in 32-row tiles
     /// through one swizzled shared tile: first V (dP = dO·vᵀ, a 4×1 register micro-tile per thread: warp = 4 query rows,
     /// lane = key), then K (S = q·kᵀ, P, dS = P∘(dP − D)), then dQ += dS·K reading the K tile by columns (lane + 32u) with the
@@ -69,10 +69,11 @@ internal static class SdpaBackwardKernels
         var kv = SharedMemory.Allocate<float>(32 * default(TH).Max);
 
         int lane = Warp.LaneIdx, warp = Warp.WarpIdx;
-        int bh = Grid.IdxX;
+        int tiles = (p.L + BM - 1) / BM;                     // flat grid: block = bh · tiles + tile
+        int bh = Grid.IdxX / tiles;
         int b = bh / p.Hq, h = bh - b * p.Hq;
         long kvHead = (long)b * p.Hkv + h / (p.Hq / p.Hkv);
-        int row0 = Grid.IdxY * BM;
+        int row0 = (Grid.IdxX - bh * tiles) * BM;
         int kend = p.S;
         if (p.Causal != 0) kend = XMath.Min(kend, XMath.Min(p.L, row0 + BM));
 
@@ -160,7 +161,7 @@ internal static class SdpaBackwardKernels
     }
 
     /// <summary>
-    /// dK, dV for a block of 4·W key rows of one (b, kv head). Grid X = B·Hkv, Y = ceil(S / 4W); block = 32·W threads.
+    /// dK, dV for a block of 4·W key rows of one (b, kv head). Grid X = B·Hkv · ceil(S / 4W) (flat); block = 32·W threads.
     /// <para>The mirror of <see cref="Dq"/>: the block's K and V rows stay in shared memory (broadcast reads), warp w owns keys
     /// 4w..4w+3 and, for every query head of the GQA group, query rows stream in 32-row tiles with lane = query row: the Q tile
     /// (pre-scaled) gives S and P (4×1 micro-tile), then the dO tile in the same swizzled shared tile gives dP, dS and
@@ -180,10 +181,11 @@ internal static class SdpaBackwardKernels
         var tile = SharedMemory.Allocate<float>(32 * default(TH).Max);
 
         int lane = Warp.LaneIdx, warp = Warp.WarpIdx;
-        int bhk = Grid.IdxX;
+        int tiles = (p.S + BN - 1) / BN;                     // flat grid: block = bhk · tiles + tile
+        int bhk = Grid.IdxX / tiles;
         int b = bhk / p.Hkv, hk = bhk - b * p.Hkv;
         int group = p.Hq / p.Hkv;
-        int j0 = Grid.IdxY * BN;
+        int j0 = (Grid.IdxX - bhk * tiles) * BN;
         SdpaMath.LoadRows(ks, k, (long)bhk * p.S, j0, BN, p.S, p.E, DE, NT, 1f);
         SdpaMath.LoadRows(vs, v, (long)bhk * p.S, j0, BN, p.S, p.Ev, DV, NT, 1f);
 

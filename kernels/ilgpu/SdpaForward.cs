@@ -81,7 +81,7 @@ internal static class SdpaForwardKernels
 {
     /// <summary>
     /// Forward over a block of 4·W query rows of one (b, h), or (split mode) one split of the keys for the L ≤ 4 rows of one (b, h).
-    /// <para>Grid: X = B·Hq, Y = ceil(L / 4W) row blocks (split mode: the splits); block = 32·W threads.</para>
+    /// <para>Grid: X = B·Hq · T blocks, T = ceil(L / 4W) row blocks (split mode: T = NumSplits); block = 32·W threads.</para>
     /// <para>Design. The block stages its Q rows once (pre-scaled by scale·log2 e) in shared memory. It then streams the keys in
     /// tiles of 32: the K tile goes into a 32-row shared tile (swizzled, see <see cref="SdpaMath.Swz"/>); warp w owns query
     /// rows 4w..4w+3 and lane j key j of the tile, so each thread computes a 4×1 register micro-tile of scores (per head-dim
@@ -106,12 +106,16 @@ internal static class SdpaForwardKernels
         var kv = SharedMemory.Allocate<float>(32 * default(TH).Max);
 
         int lane = Warp.LaneIdx, warp = Warp.WarpIdx;
-        int bh = Grid.IdxX;
+        // One flat grid dimension (CUDA's y and z stop at 65535): block = bh · tiles + tile, tiles of one head adjacent (their
+        // K/V share L2).
+        int tiles = split ? p.NumSplits : (p.L + BM - 1) / BM;
+        int bh = Grid.IdxX / tiles;
+        int tile = Grid.IdxX - bh * tiles;
         int b = bh / p.Hq, h = bh - b * p.Hq;
         int hk = h / (p.Hq / p.Hkv);
         long kvHead = (long)b * p.Hkv + hk;
 
-        int row0 = split ? 0 : Grid.IdxY * BM;
+        int row0 = split ? 0 : tile * BM;
         int kend = p.S;
         if (p.Causal != 0)
         {
@@ -121,7 +125,7 @@ internal static class SdpaForwardKernels
         int kbegin = 0;
         if (split)
         {
-            kbegin = Grid.IdxY * p.KeysPerSplit;
+            kbegin = tile * p.KeysPerSplit;
             kend = XMath.Min(kend, kbegin + p.KeysPerSplit);
         }
 
@@ -185,10 +189,10 @@ internal static class SdpaForwardKernels
         }
 
         l = SdpaMath.WarpSum(l);
-        WriteRow(o, lse, p, bh, i0, split, m.A, l.A, a0.A, a1.A, a2.A, a3.A, a4.A, a5.A, a6.A, a7.A, lane, DV);
-        WriteRow(o, lse, p, bh, i0 + 1, split, m.B, l.B, a0.B, a1.B, a2.B, a3.B, a4.B, a5.B, a6.B, a7.B, lane, DV);
-        WriteRow(o, lse, p, bh, i0 + 2, split, m.C, l.C, a0.C, a1.C, a2.C, a3.C, a4.C, a5.C, a6.C, a7.C, lane, DV);
-        WriteRow(o, lse, p, bh, i0 + 3, split, m.D, l.D, a0.D, a1.D, a2.D, a3.D, a4.D, a5.D, a6.D, a7.D, lane, DV);
+        WriteRow(o, lse, p, bh, tile, i0, split, m.A, l.A, a0.A, a1.A, a2.A, a3.A, a4.A, a5.A, a6.A, a7.A, lane, DV);
+        WriteRow(o, lse, p, bh, tile, i0 + 1, split, m.B, l.B, a0.B, a1.B, a2.B, a3.B, a4.B, a5.B, a6.B, a7.B, lane, DV);
+        WriteRow(o, lse, p, bh, tile, i0 + 2, split, m.C, l.C, a0.C, a1.C, a2.C, a3.C, a4.C, a5.C, a6.C, a7.C, lane, DV);
+        WriteRow(o, lse, p, bh, tile, i0 + 3, split, m.D, l.D, a0.D, a1.D, a2.D, a3.D, a4.D, a5.D, a6.D, a7.D, lane, DV);
     }
 
     /// <summary>Score of (row i, key j) in the log2 domain: the pre-scaled dot plus log2(e)·mask; -inf for keys outside the
@@ -205,13 +209,13 @@ internal static class SdpaForwardKernels
     /// <summary>Writes one row: out = acc / l and lse = ln 2 · (m + log2 l); l = 0 (fully masked, or S = 0) gives out = 0 and
     /// lse = -inf. Split mode writes the unnormalised partials (acc, m, l) of this split instead.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void WriteRow(ArrayView<float> o, ArrayView<float> lse, SdpaParams p, int bh, int i, bool split,
+    private static void WriteRow(ArrayView<float> o, ArrayView<float> lse, SdpaParams p, int bh, int tile, int i, bool split,
         float m, float l, float c0, float c1, float c2, float c3, float c4, float c5, float c6, float c7, int lane, int DV)
     {
         if (i >= p.L) return;
         long row = (long)bh * p.L + i;
         float inv = 1f;
-        if (split) row = row * p.NumSplits + Grid.IdxY;
+        if (split) row = row * p.NumSplits + tile;
         else if (l == 0f) { inv = 0f; c0 = c1 = c2 = c3 = c4 = c5 = c6 = c7 = 0f; }   // out = 0 exactly (no 0·∞ from a masked v)
         else inv = 1f / l;
         long ob = row * p.Ev;

@@ -137,6 +137,12 @@ internal sealed class IlgpuSdpa : IDisposable
 
     private static int CeilDiv(long a, int b) => checked((int)((a + b - 1) / b));
 
+    /// <summary>Blocks of a flat grid (heads × tiles in grid X, whose limit is 2³¹ − 1 on every ILGPU target; CUDA's y and z
+    /// stop at 65535, which long sequences or many heads would pass).</summary>
+    private static int Blocks(long heads, int tiles) =>
+        heads * tiles <= int.MaxValue ? (int)(heads * tiles)
+        : throw new NotSupportedException($"ilgpu: sdpa needs {heads} x {tiles} thread blocks, more than 2^31 - 1");
+
     /// <summary>
     /// Enqueues the SDPA forward on <paramref name="stream"/>: out [B,Hq,L,Ev] and lse [B,Hq,L] (natural log) from q, k, v
     /// and the optional additive mask (<paramref name="mask"/> empty when there is none; addressed by the shape's strides).
@@ -167,7 +173,7 @@ internal sealed class IlgpuSdpa : IDisposable
             var split = Load<Action<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, SdpaParams>,
                 Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, SdpaParams>>(
                 ForwardMethod(de, dv, true), static (a, f) => a.LoadKernel(f));
-            split(stream, new KernelConfig(new Index2D(bh, nsplit), new Index2D(32, 1)), q, k, v, m, partAcc, partMl, p);
+            split(stream, new KernelConfig(Blocks(bh, nsplit), 32), q, k, v, m, partAcc, partMl, p);
             var combine = Load<Action<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int>,
                 Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int>>(
                 CombineMethod, static (a, f) => a.LoadKernel(f));
@@ -179,7 +185,7 @@ internal sealed class IlgpuSdpa : IDisposable
         var fwd = Load<Action<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, SdpaParams>,
             Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, SdpaParams>>(
             ForwardMethod(de, dv, false), static (a, f) => a.LoadKernel(f));
-        fwd(stream, new KernelConfig(new Index2D(bh, CeilDiv(s.L, 4 * w)), new Index2D(32 * w, 1)), q, k, v, m, o, lse, p);
+        fwd(stream, new KernelConfig(Blocks(bh, CeilDiv(s.L, 4 * w)), 32 * w), q, k, v, m, o, lse, p);
     }
 
     /// <summary>
@@ -213,14 +219,14 @@ internal sealed class IlgpuSdpa : IDisposable
             var dkdv = Load<Action<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, SdpaParams>,
                 Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, SdpaParams>>(
                 DkDvMethod(de, dv), static (a, f) => a.LoadKernel(f));
-            dkdv(stream, new KernelConfig(new Index2D(s.B * s.Hkv, CeilDiv(s.S, 4 * w)), new Index2D(32 * w, 1)), q, k, v, m, lse, dsum, dO, dK, dV, p);
+            dkdv(stream, new KernelConfig(Blocks(s.B * s.Hkv, CeilDiv(s.S, 4 * w)), 32 * w), q, k, v, m, lse, dsum, dO, dK, dV, p);
         }
         if (rows > 0)
         {
             var dq = Load<Action<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, SdpaParams>,
                 Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, SdpaParams>>(
                 DqMethod(de, dv), static (a, f) => a.LoadKernel(f));
-            dq(stream, new KernelConfig(new Index2D(s.B * s.Hq, CeilDiv(s.L, 4 * w)), new Index2D(32 * w, 1)), q, k, v, m, lse, dsum, dO, dQ, p);
+            dq(stream, new KernelConfig(Blocks(s.B * s.Hq, CeilDiv(s.L, 4 * w)), 32 * w), q, k, v, m, lse, dsum, dO, dQ, p);
         }
     }
 
