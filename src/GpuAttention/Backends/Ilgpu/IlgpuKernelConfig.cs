@@ -28,5 +28,6 @@ internal static class IlgpuKernelRegistry
         // Then regenerate bench/results/ptxas-report.txt (gpuattention ptx --report FILE): PtxGateTests checks it lists every entry.
         foreach (var c in IlgpuBackend.ShippedUtilConfigs()) yield return c;
         foreach (var c in IlgpuGemm.ShippedConfigs()) yield return c;
+        foreach (var c in IlgpuSdpa.ShippedConfigs()) yield return c;
     }
 }
