@@ -25,6 +25,7 @@ internal static class IlgpuKernelRegistry
     {
         // Each op family's host class lists its own configurations: add one line per family, e.g.
         // foreach (var c in IlgpuSdpa.ShippedConfigs()) yield return c;
-        yield break;
+        foreach (var c in IlgpuGlimpse.ShippedConfigs()) yield return c;
+        foreach (var c in IlgpuSpatial.ShippedConfigs()) yield return c;
     }
 }
