@@ -85,10 +85,12 @@ internal static class SpatialKernels
     }
 
     /// <summary>
-    /// PyTorch's reflect_coordinates_set_grad with min = twice_low / 2, span = (twice_high − twice_low) / 2. fmod is computed
-    /// as x − ⌊x/span⌋·span with the quotient corrected when x/span rounded up to the next integer: span is an integer, so for
-    /// |x| &lt; 2²⁴ the product is exact and the subtraction exact (Sterbenz), the same value as C's fmod and a consistent
-    /// flip count (no software fmod on the device).
+    /// PyTorch's reflect_coordinates_set_grad with min = twice_low / 2, span = (twice_high − twice_low) / 2, in float as PyTorch's
+    /// float kernel: extra = fmod(x, span) (exact) and flips = ⌊x/span⌋ evaluated in float (for quotients of 2²⁴ and more
+    /// always even, as there), without a software fmod: below 2²³ (every coordinate that lands near the image) extra is
+    /// x − flips·span, plus span when x/span rounded up to the next integer (span is an integer, so the product is exact and
+    /// the subtraction exact by Sterbenz); beyond, by binary long division: subtract the largest span·2ᵏ ≤ r (exact,
+    /// Sterbenz) until r &lt; span.
     /// </summary>
     private static AxisCoord Reflect(AxisCoord c, float mn, float span)
     {
@@ -97,8 +99,22 @@ internal static class SpatialKernels
         float x = c.X - mn;
         if (x < 0.0f) { c.D = -c.D; x = -x; }
         float flips = XMath.Floor(x / span);
-        float extra = x - flips * span;
-        if (extra < 0.0f) { flips -= 1.0f; extra += span; }
+        float extra;
+        if (x < 8388608.0f)
+        {
+            extra = x - flips * span;
+            if (extra < 0.0f) extra += span;
+        }
+        else
+        {
+            extra = x;
+            while (extra >= span)
+            {
+                float t = span;
+                while (t * 2.0f <= extra) t *= 2.0f;
+                extra -= t;
+            }
+        }
         if (flips - 2.0f * XMath.Floor(flips * 0.5f) == 0.0f) { c.X = extra + mn; return c; }
         c.D = -c.D;
         c.X = span - extra + mn;

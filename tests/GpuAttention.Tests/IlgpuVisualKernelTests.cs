@@ -545,6 +545,62 @@ public class IlgpuVisualKernelTests
         TestUtil.AssertClose(Down(vo), ReferenceOps.GridSample(ReferenceOps.ToDouble(input), ReferenceOps.ToDouble(grid), 1, s.C, s.H, s.W, s.Hout, s.Wout, o), 1e-5, "out");
     }
 
+    /// <summary>PyTorch's float32 source index for reflection padding (GridSampler.h: unnormalize, reflect_coordinates with
+    /// fmod and a float floor, clip_coordinates), for checking huge coordinates where a double reference is another computation.</summary>
+    private static float TorchReflectIndex(float coord, int size, bool align)
+    {
+        float x = align ? (coord + 1f) / 2 * (size - 1) : ((coord + 1f) * size - 1) / 2;
+        float twiceLow = align ? 0 : -1, twiceHigh = align ? 2 * (size - 1) : 2 * size - 1;
+        if (twiceLow == twiceHigh) x = 0;
+        else
+        {
+            float min = twiceLow / 2, span = (twiceHigh - twiceLow) / 2;
+            x = MathF.Abs(x - min);
+            float extra = x % span;                      // .NET: the exact IEEE fmod
+            float flips = MathF.Floor(x / span);           // in float: from 2^24 on every value is even
+            x = flips % 2 == 0 ? extra + min : span - extra + min;
+        }
+        return float.IsNaN(x) ? 0 : Math.Min(size - 1, Math.Max(x, 0));
+    }
+
+    /// <summary>Huge finite coordinates with reflection padding land where PyTorch's float kernel puts them (exact fmod, float
+    /// flip count): nearest exactly, bilinear within float rounding.</summary>
+    [TestCase(false)]
+    [TestCase(true)]
+    public void HugeCoordinatesReflectAsPyTorchFloat(bool align)
+    {
+        float[] xs = [1e7f, -3.3e9f, 7.7e20f, -1e38f, 12345.678f, 4.2e6f, 8.5e6f, -2.5e7f, 0.3f, 3.4e38f];
+        int H = 5, W = 7;
+        var rng = new Random(align ? 1 : 2);
+        var input = TestUtil.Random(rng, H * W);
+        var grid = new float[xs.Length * 2];
+        for (int i = 0; i < xs.Length; i++) { grid[2 * i] = xs[i]; grid[2 * i + 1] = xs[(i + 3) % xs.Length] * 0.7f; }
+        var vi = Up(input); var vg = Up(grid);
+        foreach (var mode in new[] { GridSampleMode.Nearest, GridSampleMode.Bilinear })
+        {
+            var vo = Poisoned(xs.Length);
+            _spatial.GridSample(Stream, new GridSampleShape(1, 1, H, W, 1, xs.Length, mode, GridSamplePadding.Reflection, align), vi, vg, ArrayView<float>.Empty, vo);
+            var got = Down(vo);
+            var expect = new double[xs.Length];
+            for (int i = 0; i < xs.Length; i++)
+            {
+                double ix = TorchReflectIndex(grid[2 * i], W, align), iy = TorchReflectIndex(grid[2 * i + 1], H, align);
+                if (mode == GridSampleMode.Nearest) { expect[i] = input[(int)Math.Round(iy, MidpointRounding.ToEven) * W + (int)Math.Round(ix, MidpointRounding.ToEven)]; continue; }
+                int x0 = (int)Math.Floor(ix), y0 = (int)Math.Floor(iy);
+                double ax = ix - x0, ay = iy - y0, v = 0;
+                for (int k = 0; k < 4; k++)
+                {
+                    int cx = x0 + (k & 1), cy = y0 + (k >> 1);
+                    double wk = ((k & 1) == 1 ? ax : 1 - ax) * ((k >> 1) == 1 ? ay : 1 - ay);
+                    if (cx < W && cy < H) v += wk * input[cy * W + cx];
+                }
+                expect[i] = v;
+            }
+            if (mode == GridSampleMode.Nearest) Assert.That(got.Select(v => (double)v), Is.EqualTo(expect), "nearest");
+            else TestUtil.AssertClose(got, expect, 1e-5, "bilinear");
+        }
+    }
+
     [Test]
     public void NearestRoundsHalfToEvenAsPyTorch()
     {
