@@ -17,8 +17,9 @@
 // Gemm tiles: a 32 x 32 output tile per group of 8 x 8 threads, each thread a 4 x 4 register micro-tile held in sixteen
 // scalars (per-thread arrays would land in local memory on a GPU), K staged 16 deep in shared memory (2 x 2 KiB). Per
 // K step a thread reads 4 + 4 shared values for 16 FMAs. The glimpse's matrices are small (h, w of 5 to 64, H, W of tens to
-// hundreds), so 32-wide tiles waste little on tails, while 64 threads with about 40 registers and 4 KiB of shared memory
-// each let 32 groups (the sm_80 / sm_90 limit) share an SM.
+// hundreds), so 32-wide tiles waste little on tails. ptxas (CUDA 11.8, -v) reports 48 registers, no spills and 4 KiB of
+// shared memory for sm_80 and sm_90: 21 groups of 64 threads fit an SM's 64 K registers (two thirds occupancy), enough
+// warps to hide the shared-memory latency of this small-K product.
 
 using ILGPU;
 using ILGPU.Algorithms;

@@ -16,7 +16,8 @@
 //   and stages the matching grad_out tile with coalesced loads; every thread then walks the tile's points in order. Point
 //   chunks (grid dimension Z) write private partial copies that SumPartials adds in chunk order: bit-for-bit repeatable.
 //   Shared memory: 4·TileP ints + 4·TileP floats + ChannelBlock·TileP floats = 18 KiB per group at 64 × 64, so up to
-//   twelve groups fit on an SM of sm_80/sm_90 (228 KiB); 64 threads keep registers far below the 255 limit.
+//   twelve groups fit on an SM of sm_80/sm_90 (228 KiB). ptxas (CUDA 11.8, -v): 32 (sm_80) / 40 (sm_90) registers, no
+//   spills; the per-point kernels use 18-40 registers, none spills.
 // - no float atomics except in BackwardInputAtomic, the opt-in nondeterministic scatter.
 
 using ILGPU;

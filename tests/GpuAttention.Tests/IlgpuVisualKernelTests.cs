@@ -641,7 +641,8 @@ public class IlgpuVisualKernelTests
     }
 
     /// <summary>Every shipped glimpse / spatial kernel configuration compiles to PTX for sm_80 and sm_90 (no GPU needed), with
-    /// no 64-bit floating-point instruction in it.</summary>
+    /// no 64-bit floating-point instruction in it. With <c>VISUAL_PTX_DUMP=DIR</c> the PTX is written to DIR (NAME.80.ptx,
+    /// NAME.90.ptx) for ptxas -v.</summary>
     [TestCaseSource(nameof(ShippedConfigs))]
     public void CompilesToPtx(string name)
     {
@@ -656,6 +657,7 @@ public class IlgpuVisualKernelTests
             var ck = backend.Compile(entry, default);
             var ptx = ((PTXCompiledKernel)ck).PTXAssembly;
             Assert.That(ptx, Does.Contain(".entry"), $"{name} {arch}");
+            if (Environment.GetEnvironmentVariable("VISUAL_PTX_DUMP") is { } dir) File.WriteAllText(Path.Combine(dir, $"{name.Replace('<', '_').Replace('>', '_').Replace(',', '_')}.{arch.Major}{arch.Minor}.ptx"), ptx);
             Assert.That(ptx, Does.Not.Contain(".f64"), $"{name} {arch}: float64 crept in");
         }
     }
