@@ -39,6 +39,8 @@ internal struct GlimpseDims
 internal struct GlimpseGemmParams
 {
     public int M, Nc, K, NSum, DivA, DivB, DivS, HasScale;
+    /// <summary>⌈Nc / TileN⌉: grid dimension X is batch × TilesN (no 65535 limit on the batch, which Y and Z have on CUDA).</summary>
+    public int TilesN;
     public long BsA, SsA, RsA, CsA, BsB, SsB, RsB, CsB, BsC, Ldc;
 }
 
@@ -97,7 +99,7 @@ internal static class GlimpseKernels
     }
 
     /// <summary>
-    /// Strided batched GEMM (see <see cref="GlimpseGemmParams"/>). Grid (⌈Nc/TileN⌉, ⌈M/TileM⌉, batch), group (WgN, WgM).
+    /// Strided batched GEMM (see <see cref="GlimpseGemmParams"/>). Grid (batch·⌈Nc/TileN⌉, ⌈M/TileM⌉), group (WgN, WgM).
     /// Tiles are staged zero-padded in shared memory, consecutive threads walking the operand's unit-stride direction.
     /// </summary>
     public static void Gemm(ArrayView<float> a, ArrayView<float> b, ArrayView<float> cm, ArrayView<float> scale, GlimpseGemmParams p)
@@ -107,8 +109,8 @@ internal static class GlimpseKernels
         int tx = Group.IdxX, ty = Group.IdxY;
         int tid = ty * WgN + tx;
         const int nThreads = WgM * WgN;
-        int bi = Grid.IdxZ;
-        int i0 = Grid.IdxY * TileM, j0 = Grid.IdxX * TileN;
+        int bi = Grid.IdxX / p.TilesN;
+        int i0 = Grid.IdxY * TileM, j0 = (Grid.IdxX - bi * p.TilesN) * TileN;
 
         float c00 = 0, c01 = 0, c02 = 0, c03 = 0, c10 = 0, c11 = 0, c12 = 0, c13 = 0;
         float c20 = 0, c21 = 0, c22 = 0, c23 = 0, c30 = 0, c31 = 0, c32 = 0, c33 = 0;

@@ -299,8 +299,8 @@ internal static class SpatialKernels
     }
 
     /// <summary>
-    /// Deterministic grad_input scatter into chunk k's partial copy. Grid (⌈C/cb⌉, N, chunks), group cb ≤ <see cref="ChannelBlock"/>
-    /// threads: thread c owns channel plane c of image n. Per step the group resolves <see cref="TileP"/> points into shared
+    /// Deterministic grad_input scatter into chunk k's partial copy. Grid (N·⌈C/cb⌉, chunks), group cb ≤ <see cref="ChannelBlock"/>
+    /// threads: thread c owns channel plane c of image n (N in grid dimension X, which has no 65535 limit on CUDA). Per step the group resolves <see cref="TileP"/> points into shared
     /// memory and stages grad_out [cb][TileP] with coalesced loads; then each thread adds its channel's contributions for the
     /// tile's points in order into dst + k·ChunkStride (zeroed by the host).
     /// </summary>
@@ -310,8 +310,10 @@ internal static class SpatialKernels
         var sW = SharedMemory.Allocate<float>(4 * TileP);
         var sG = SharedMemory.Allocate<float>(ChannelBlock * TileP);
         int tid = Group.IdxX, cbs = Group.DimX;
-        int c0 = Grid.IdxX * cbs, c = c0 + tid, n = Grid.IdxY, k = Grid.IdxZ;
         int C = sp.C;
+        int nCb = (C + cbs - 1) / cbs;
+        int n = Grid.IdxX / nCb, k = Grid.IdxY;
+        int c0 = (Grid.IdxX - n * nCb) * cbs, c = c0 + tid;
         int P = sp.Hout * sp.Wout;
         long plane = (long)sp.H * sp.W;
         int nCorner = sp.Mode == 1 ? 1 : 4;

@@ -52,18 +52,17 @@ internal sealed class IlgpuGlimpse : IDisposable
     private void Gemm(AcceleratorStream stream, Operand a, Operand b, ArrayView<float> c, long bsC, long ldc, int batch, int m, int n, int k,
         int nsum = 1, ArrayView<float> scale = default, int divS = 1)
     {
-        if (batch > 65535) throw new NotSupportedException($"ilgpu: glimpse: {batch} (image, channel) pairs exceed the 65535 grid limit of one launch");
-        if ((m + GlimpseKernels.TileM - 1) / GlimpseKernels.TileM > 65535)
-            throw new NotSupportedException($"ilgpu: glimpse: {m} GEMM rows exceed the grid limit of one launch");
+        int tilesN = (n + GlimpseKernels.TileN - 1) / GlimpseKernels.TileN, tilesM = (m + GlimpseKernels.TileM - 1) / GlimpseKernels.TileM;
+        if ((long)tilesN * batch > int.MaxValue || tilesM > 65535)
+            throw new NotSupportedException($"ilgpu: glimpse: a {m}×{n} product over {batch} batches exceeds the grid limits of one launch");
         bool hasScale = scale.IsValid && scale.Length > 0;
         var p = new GlimpseGemmParams
         {
-            M = m, Nc = n, K = k, NSum = nsum, DivA = a.Div, DivB = b.Div, DivS = divS, HasScale = hasScale ? 1 : 0,
+            M = m, Nc = n, K = k, NSum = nsum, DivA = a.Div, DivB = b.Div, DivS = divS, HasScale = hasScale ? 1 : 0, TilesN = tilesN,
             BsA = a.Batch, SsA = a.Sub, RsA = a.Row, CsA = a.Col, BsB = b.Batch, SsB = b.Sub, RsB = b.Row, CsB = b.Col, BsC = bsC, Ldc = ldc,
         };
         _gemm ??= _acc.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, GlimpseGemmParams>(GlimpseKernels.Gemm);
-        var grid = new Index3D((n + GlimpseKernels.TileN - 1) / GlimpseKernels.TileN, (m + GlimpseKernels.TileM - 1) / GlimpseKernels.TileM, batch);
-        _gemm(stream, new KernelConfig(grid, new Index3D(GlimpseKernels.WgN, GlimpseKernels.WgM, 1)), a.View, b.View, c,
+        _gemm(stream, new KernelConfig(new Index2D(tilesN * batch, tilesM), new Index2D(GlimpseKernels.WgN, GlimpseKernels.WgM)), a.View, b.View, c,
             hasScale ? scale : ArrayView<float>.Empty, p);
     }
 

@@ -67,7 +67,7 @@ internal sealed class IlgpuSpatial : IDisposable
     private static void CheckShape(in GridSampleShape s)
     {
         CheckIntRange((long)s.H * s.W, "H·W");
-        CheckIntRange(s.OutPoints, "Hout·Wout");
+        CheckIntRange(s.OutPoints * s.N, "N·Hout·Wout");
     }
 
     /// <summary>affine_grid: theta [N, 2, 3] → grid [N, H, W, 2].</summary>
@@ -75,7 +75,7 @@ internal sealed class IlgpuSpatial : IDisposable
     {
         long P = (long)H * W;
         if (N == 0 || P == 0) return;
-        CheckIntRange(P, "H·W");
+        CheckIntRange(P * N, "N·H·W");
         _affineForward ??= _acc.LoadAutoGroupedKernel<Index2D, ArrayView<float>, ArrayView<float>, int, int, int>(SpatialKernels.AffineGridForward);
         _affineForward(stream, new Index2D((int)P, N), theta, grid, H, W, alignCorners ? 1 : 0);
     }
@@ -166,7 +166,7 @@ internal sealed class IlgpuSpatial : IDisposable
             sp.ChunkStride = chunks > 1 ? len : 0;
             int nCb = (s.C + cb - 1) / cb;
             _backwardInput ??= _acc.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, SpatialParams>(SpatialKernels.BackwardInput);
-            _backwardInput(stream, new KernelConfig(new Index3D(nCb, s.N, chunks), new Index3D(cb, 1, 1)), grid, theta, gradOut, dst, sp);
+            _backwardInput(stream, new KernelConfig(new Index2D(nCb * s.N, chunks), new Index2D(cb, 1)), grid, theta, gradOut, dst, sp);
             if (chunks > 1)
             {
                 _sumPartials ??= _acc.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, int, int>(SpatialKernels.SumPartials);
