@@ -481,7 +481,7 @@ public class SpatialTests(string backend)
         return true;
     }
 
-    private static float[] SafeGrid(Random rng, Shape s, GridSampleOptions o, double margin)
+    internal static float[] SafeGrid(Random rng, Shape s, GridSampleOptions o, double margin)
     {
         var g = new float[s.N * s.Hout * s.Wout * 2];
         for (int i = 0; i < g.Length; i++)

@@ -29,5 +29,7 @@ internal static class IlgpuKernelRegistry
         foreach (var c in IlgpuBackend.ShippedUtilConfigs()) yield return c;
         foreach (var c in IlgpuGemm.ShippedConfigs()) yield return c;
         foreach (var c in IlgpuSdpa.ShippedConfigs()) yield return c;
+        foreach (var c in IlgpuGlimpse.ShippedConfigs()) yield return c;
+        foreach (var c in IlgpuSpatial.ShippedConfigs()) yield return c;
     }
 }
