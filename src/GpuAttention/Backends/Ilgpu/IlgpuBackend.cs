@@ -229,6 +229,10 @@ internal sealed partial class IlgpuBackend : IBackend
         if (!Accelerator.IsDisposed)
         {
             try { Stream.Synchronize(); } catch (Exception) { /* a failed kernel must not make dispose throw */ }
+            // The op families' scratch lives on the accelerator: free it here also when the accelerator is the caller's.
+            _sdpa?.Dispose();
+            _glimpse?.Dispose();
+            _spatial?.Dispose();
         }
         _ownedStream?.Dispose();
         _ownedAccelerator?.Dispose();
