@@ -52,6 +52,42 @@ public class CpuSdpaPathTests
         CpuPath.Run(fast, () => CpuBackend.FastSdpa, v => CpuBackend.FastSdpa = v, t.Open, () => t.MatchesReference(c), t.Close);
     }
 
+    private static IEnumerable<TestCaseData> BackwardPasses() =>
+        from fused in new[] { true, false }
+        from c in BackwardTileCases().Concat(SdpaBackwardTests.Cases())
+        select new TestCaseData(fused, c).SetName($"backward avx512 {(fused ? "one-pass" : "two-pass")} {c}");
+
+    /// <summary>The AVX-512 backward's one-pass form (dK, dV and dQ from each tile, one item per kv head) and its two-pass
+    /// form, each forced, against the reference; plus the edge numerics on the one-pass form.</summary>
+    [TestCaseSource(nameof(BackwardPasses))]
+    public void BackwardPassFormMatchesReference(bool fused, SdpaBackwardTests.Case c)
+    {
+        var t = new SdpaBackwardTests("cpu");
+        int saved = CpuBackend.BwdFusedMinItemsPerThread;
+        CpuBackend.BwdFusedMinItemsPerThread = fused ? 0 : int.MaxValue / 1024;
+        try { CpuPath.Run(true, () => CpuBackend.FastSdpa, v => CpuBackend.FastSdpa = v, t.Open, () => t.MatchesReference(c), t.Close); }
+        finally { CpuBackend.BwdFusedMinItemsPerThread = saved; }
+    }
+
+    [Test]
+    public void BackwardEdgeNumericsOnOnePassForm()
+    {
+        var t = new EdgeNumericsTests("cpu");
+        int saved = CpuBackend.BwdFusedMinItemsPerThread;
+        CpuBackend.BwdFusedMinItemsPerThread = 0;
+        try
+        {
+            CpuPath.Run(true, () => CpuBackend.FastSdpa, v => CpuBackend.FastSdpa = v, t.Open, () =>
+            {
+                t.SdpaBackwardNaNInOneGradOutRowStaysWhereTheMathPutsIt(false);
+                t.SdpaBackwardNaNInOneGradOutRowStaysWhereTheMathPutsIt(true);
+                t.SdpaBackwardNaNInOneQueryRowAndInfInOneKey();
+                t.SdpaBackwardFullyMaskedRowsGiveZeroGradientsAndNoNaN();
+            }, t.Close);
+        }
+        finally { CpuBackend.BwdFusedMinItemsPerThread = saved; }
+    }
+
     /// <summary>
     /// NaN scores in several places of the key blocks (the fast path's max ignores NaN lanes and relies on exp(NaN − m)):
     /// a NaN key in a later block, a query row of NaN, and a row whose first key block is fully masked before a NaN key.
