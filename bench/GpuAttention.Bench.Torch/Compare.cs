@@ -10,6 +10,7 @@ namespace GpuAttention.Bench.Torch;
 /// <summary>One workload: SDPA forward, forward+backward, or decode (forward with L small), with GQA K/V expanded for LibTorch.</summary>
 public sealed record SdpaCase(string Name, int B, int Hq, int Hkv, int L, int S, int E, bool Causal, bool Backward)
 {
+    public override string ToString() => Name;
     public bool Decode => L <= 4;
     /// <summary>Useful FLOPs: forward 4·B·Hq·L·S·E (halved when causal and L = S), backward 2.5× forward.</summary>
     public double Flops => 4.0 * B * Hq * L * S * E * (Causal && L == S ? 0.5 : 1) * (Backward ? 3.5 : 1);
@@ -22,7 +23,7 @@ public sealed record SdpaCase(string Name, int B, int Hq, int Hkv, int L, int S,
 /// against each other first, then ours and LibTorch's alternate call by call (the order flipping every repetition), and
 /// the ratio of the medians is reported (LibTorch time / ours: &gt; 1 means we are faster).
 /// </summary>
-public static class Compare
+public static unsafe class Compare
 {
     public static readonly SdpaCase[] Cases =
     [
@@ -60,17 +61,18 @@ public static class Compare
         Emit($"- threads: ours {threads} (CpuWorkers), LibTorch {torch.get_num_threads()} intra-op (OpenMP), OMP_WAIT_POLICY={Environment.GetEnvironmentVariable("OMP_WAIT_POLICY") ?? "(unset: workers spin after each call)"}");
         Emit($"- load before: {Load()}");
         Emit($"- method: per workload, outputs (and gradients) checked against each other, 3 warm-up pairs, then {reps} repetitions of one call each, ours and LibTorch's alternating (order flipped every repetition); median wall time per call; ratio = LibTorch median / ours. GQA: LibTorch gets K/V expanded with repeat_interleave (outside the timing; it has no enable_gqa here). Denormals: not flushed in either.");
+        Emit("- CPU ms: process CPU time (getrusage, all threads) per call, median; less disturbed by other processes than wall time.");
         Emit("- FLOPs: forward 4·B·Hq·L·S·E (causal L = S: half), forward+backward 3.5× forward. Decode bytes: every K/V head once + q + out.");
         Emit("");
-        Emit("| workload | LibTorch ms | ours ms | ratio | ours rate | LibTorch rate | max rel diff |");
-        Emit("|---|---|---|---|---|---|---|");
+        Emit("| workload | LibTorch ms | ours ms | ratio | ours rate | LibTorch rate | CPU ms LibTorch / ours (ratio) | max rel diff |");
+        Emit("|---|---|---|---|---|---|---|---|");
         using var dev = Device.Open("cpu");
         foreach (var c in Cases)
         {
             if (only != null && !c.Name.Contains(only, StringComparison.OrdinalIgnoreCase)) continue;
             var r = RunCase(dev, c, reps);
             string rate(double ms) => c.Decode ? $"{c.Bytes / ms / 1e6:F1} GB/s" : $"{c.Flops / ms / 1e6:F1} GFLOP/s";
-            Emit($"| {c.Name} | {r.TorchMs:F3} | {r.OursMs:F3} | **{r.TorchMs / r.OursMs:F2}×** | {rate(r.OursMs)} | {rate(r.TorchMs)} | {r.MaxRel:E1} |");
+            Emit($"| {c.Name} | {r.TorchMs:F3} | {r.OursMs:F3} | **{r.TorchMs / r.OursMs:F2}×** | {rate(r.OursMs)} | {rate(r.TorchMs)} | {r.TorchCpuMs:F1} / {r.OursCpuMs:F1} ({r.TorchCpuMs / r.OursCpuMs:F2}×) | {r.MaxRel:E1} |");
         }
         Emit("");
         Emit($"- load after: {Load()}");
@@ -92,7 +94,7 @@ public static class Compare
         try { return "loadavg " + File.ReadAllText("/proc/loadavg").Trim(); } catch { return "?"; }
     }
 
-    public record struct Result(double OursMs, double TorchMs, double MaxRel);
+    public record struct Result(double OursMs, double TorchMs, double MaxRel, double OursCpuMs, double TorchCpuMs);
 
     private static float[] Rand(Random rng, long n)
     {
@@ -130,20 +132,37 @@ public static class Compare
         }
         if (!(maxRel <= 1e-3)) throw new InvalidOperationException($"{c.Name}: outputs differ (max rel {maxRel:E2})");
         for (int w = 0; w < 3; w++) { ours.Run(); peer.Run(); }
-        var to = new double[reps]; var tt = new double[reps];
+        var to = new double[reps]; var tt = new double[reps]; var co = new double[reps]; var ct = new double[reps];
         for (int r = 0; r < reps; r++)
         {
-            if (r % 2 == 0) { to[r] = Time(ours.Run); tt[r] = Time(peer.Run); }
-            else { tt[r] = Time(peer.Run); to[r] = Time(ours.Run); }
+            if (r % 2 == 0) { to[r] = Time(ours.Run, ref co[r]); tt[r] = Time(peer.Run, ref ct[r]); }
+            else { tt[r] = Time(peer.Run, ref ct[r]); to[r] = Time(ours.Run, ref co[r]); }
         }
-        return new Result(Median(to), Median(tt), maxRel);
+        return new Result(Median(to), Median(tt), maxRel, Median(co), Median(ct));
     }
 
-    private static double Time(Action a)
+    private static double Time(Action a, ref double cpuMs)
     {
+        double c0 = ProcessCpuMs();
         long t0 = Stopwatch.GetTimestamp();
         a();
-        return Stopwatch.GetElapsedTime(t0).TotalMilliseconds;
+        double wall = Stopwatch.GetElapsedTime(t0).TotalMilliseconds;
+        cpuMs = ProcessCpuMs() - c0;
+        return wall;
+    }
+
+    [StructLayout(LayoutKind.Sequential)]
+    private struct RUsage { public long UtimeSec, UtimeUsec, StimeSec, StimeUsec; public fixed long Rest[14]; }
+
+    [DllImport("libc", EntryPoint = "getrusage")]
+    private static extern int GetRUsage(int who, out RUsage usage);
+
+    /// <summary>CPU time of the whole process (all threads, user + system), ms: what a call costs in core time, which
+    /// other processes on a loaded machine disturb far less than wall time.</summary>
+    private static double ProcessCpuMs()
+    {
+        if (!OperatingSystem.IsLinux() || GetRUsage(0, out var u) != 0) return double.NaN;
+        return (u.UtimeSec + u.StimeSec) * 1e3 + (u.UtimeUsec + u.StimeUsec) * 1e-3;
     }
 
     private static double Median(double[] x)
