@@ -39,6 +39,12 @@ public static unsafe class Compare
         new("GQA decode L=1 Hq32/Hkv8 S=16384 E128 B1", 1, 32, 8, 1, 16384, 128, false, false),
     ];
 
+    public static readonly GridCase[] GridCases =
+    [
+        new("grid_sample forward N16 C16 128²→64² bilinear", 16, 16, 128, 128, 64, 64, false),
+        new("grid_sample forward+backward, same", 16, 16, 128, 128, 64, 64, true),
+    ];
+
     public static int Run(string[] args)
     {
         int reps = 15;
@@ -62,7 +68,7 @@ public static unsafe class Compare
         Emit($"- load before: {Load()}");
         Emit($"- method: per workload, outputs (and gradients) checked against each other, 3 warm-up pairs, then {reps} repetitions of one call each, ours and LibTorch's alternating (order flipped every repetition); median wall time per call; ratio = LibTorch median / ours. GQA: LibTorch gets K/V expanded with repeat_interleave (outside the timing; it has no enable_gqa here). Denormals: not flushed in either.");
         Emit("- CPU ms: process CPU time (getrusage, all threads) per call, median; less disturbed by other processes than wall time.");
-        Emit("- FLOPs: forward 4·B·Hq·L·S·E (causal L = S: half), forward+backward 3.5× forward. Decode bytes: every K/V head once + q + out.");
+        Emit("- FLOPs: forward 4·B·Hq·L·S·E (causal L = S: half), forward+backward 3.5× forward. Decode bytes: every K/V head once + q + out; grid_sample bytes: compulsory traffic as bench/compare.py counts it.");
         Emit("");
         Emit("| workload | LibTorch ms | ours ms | ratio | ours rate | LibTorch rate | CPU ms LibTorch / ours (ratio) | max rel diff |");
         Emit("|---|---|---|---|---|---|---|---|");
@@ -72,6 +78,13 @@ public static unsafe class Compare
             if (only != null && !c.Name.Contains(only, StringComparison.OrdinalIgnoreCase)) continue;
             var r = RunCase(dev, c, reps);
             string rate(double ms) => c.Decode ? $"{c.Bytes / ms / 1e6:F1} GB/s" : $"{c.Flops / ms / 1e6:F1} GFLOP/s";
+            Emit($"| {c.Name} | {r.TorchMs:F3} | {r.OursMs:F3} | **{r.TorchMs / r.OursMs:F2}×** | {rate(r.OursMs)} | {rate(r.TorchMs)} | {r.TorchCpuMs:F1} / {r.OursCpuMs:F1} ({r.TorchCpuMs / r.OursCpuMs:F2}×) | {r.MaxRel:E1} |");
+        }
+        foreach (var c in GridCases)
+        {
+            if (only != null && !c.Name.Contains(only, StringComparison.OrdinalIgnoreCase)) continue;
+            var r = RunGrid(dev, c, reps);
+            string rate(double ms) => $"{c.Bytes / ms / 1e6:F1} GB/s";
             Emit($"| {c.Name} | {r.TorchMs:F3} | {r.OursMs:F3} | **{r.TorchMs / r.OursMs:F2}×** | {rate(r.OursMs)} | {rate(r.TorchMs)} | {r.TorchCpuMs:F1} / {r.OursCpuMs:F1} ({r.TorchCpuMs / r.OursCpuMs:F2}×) | {r.MaxRel:E1} |");
         }
         Emit("");
@@ -131,12 +144,33 @@ public static unsafe class Compare
             maxRel = Math.Max(maxRel, Math.Max(MaxRel(dq, tq), Math.Max(MaxRel(dk, tk), MaxRel(dv, tv))));
         }
         if (!(maxRel <= 1e-3)) throw new InvalidOperationException($"{c.Name}: outputs differ (max rel {maxRel:E2})");
-        for (int w = 0; w < 3; w++) { ours.Run(); peer.Run(); }
+        return Interleave(ours.Run, peer.Run, reps, maxRel);
+    }
+
+    public static Result RunGrid(Device dev, GridCase c, int reps)
+    {
+        var rng = new Random(12345);
+        float[] input = Rand(rng, (long)c.N * c.C * c.H * c.W), g = Rand(rng, (long)c.N * c.C * c.Ho * c.Wo);
+        float[] grid = Rand(rng, (long)c.N * c.Ho * c.Wo * 2);
+        for (int i = 0; i < grid.Length; i++) grid[i] *= 1.1f;
+        using var ours = new OursGrid(dev, c, input, grid, g);
+        using var peer = new TorchGrid(c, input, grid, g);
+        ours.Run(); peer.Run();
+        double maxRel = 0;
+        var a = ours.Outputs(); var b = peer.Outputs();
+        for (int i = 0; i < a.Length; i++) maxRel = Math.Max(maxRel, MaxRel(a[i], b[i]));
+        if (!(maxRel <= 1e-3)) throw new InvalidOperationException($"{c.Name}: outputs differ (max rel {maxRel:E2})");
+        return Interleave(ours.Run, peer.Run, reps, maxRel);
+    }
+
+    private static Result Interleave(Action ours, Action peer, int reps, double maxRel)
+    {
+        for (int w = 0; w < 3; w++) { ours(); peer(); }
         var to = new double[reps]; var tt = new double[reps]; var co = new double[reps]; var ct = new double[reps];
         for (int r = 0; r < reps; r++)
         {
-            if (r % 2 == 0) { to[r] = Time(ours.Run, ref co[r]); tt[r] = Time(peer.Run, ref ct[r]); }
-            else { tt[r] = Time(peer.Run, ref ct[r]); to[r] = Time(ours.Run, ref co[r]); }
+            if (r % 2 == 0) { to[r] = Time(ours, ref co[r]); tt[r] = Time(peer, ref ct[r]); }
+            else { tt[r] = Time(peer, ref ct[r]); to[r] = Time(ours, ref co[r]); }
         }
         return new Result(Median(to), Median(tt), maxRel, Median(co), Median(ct));
     }
