@@ -19,7 +19,8 @@ public class CpuSdpaPathTests
         yield return new(2, 3, 1, 97, 333, 64, 80, MaskShape: [97, 333]);            // Ev = 64 + 16 tail, float mask
         yield return new(1, 2, 2, 70, 260, 13, 130, MaskShape: [1, 2, 70, 260], BoolMask: true);
         yield return new(1, 1, 1, 257, 129, 64, 64, Causal: true);                  // causal, L > S, key block edge
-        yield return new(1, 2, 1, 3, 2500, 33, 17, MaskShape: [3, 2500]);           // decoding: split keys with a mask
+        yield return new(1, 2, 1, 3, 2500, 33, 17, MaskShape: [3, 2500]);           // decoding (the decode path): split keys, mask
+        yield return new(1, 1, 1, 40, 2500, 33, 17, MaskShape: [40, 2500]);         // L·Group > 16: split keys on these paths
         yield return new(1, 1, 1, 5, 1, 7, 3);                                       // one key
     }
 
