@@ -43,6 +43,16 @@ public class CpuSdpaDecodeTests
         finally { t.Close(); CpuBackend.DecodeWidth = saved; }
     }
 
+    /// <summary>Huge scores (‖q‖·‖k‖ past <see cref="CpuBackend.DecodeSafeNorm"/>): the decode forward redoes the block in
+    /// the score order of the backward that follows, on both paths, so the backward's exp(S − lse) does not overflow.</summary>
+    [TestCase(true)]
+    [TestCase(false)]
+    public void HugeScoresStayConsistentWithTheBackward(bool fast)
+    {
+        var t = new EdgeNumericsTests("cpu");
+        CpuPath.Run(fast, () => CpuBackend.FastSdpa, v => CpuBackend.FastSdpa = v, t.Open, t.SdpaHugeInputsDoNotOverflow, t.Close);
+    }
+
     /// <summary>The split-key merge runs in a fixed order: repeated calls give bit-identical out and lse.</summary>
     [Test]
     public void SplitKeyDecodeIsBitwiseRepeatable()

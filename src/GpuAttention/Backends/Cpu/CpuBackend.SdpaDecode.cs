@@ -10,7 +10,7 @@ namespace GpuAttention.Backends.Cpu;
 /// ARM machines run the same design as AVX-512 ones. A work item is (batch, kv head, key chunk): the L·Group query rows
 /// of the kv head's whole query group are processed together against each block of <see cref="DecodeKB"/> keys, so every
 /// K and V row is read from memory once per call (not once per query head), streamed in place in its natural [S][E]
-/// layout (no packed copy per call: at 512 bits each key block is transposed in L1 for the score micro-kernel); the
+/// layout (no packed copy per call); the
 /// online softmax runs per row, and O += P·V reads each V row once for all rows. When B·Hkv items are too few for the threads, the keys are split into chunks
 /// (flash-decoding) whose partial (m, l, acc) are merged by <see cref="CombineAllSplits"/> in a fixed order, so the
 /// result does not depend on thread timing. Memory: per thread O(rows·(E + DecodeKB + Ev)); partials O(B·Hq·L·Ev·splits).
@@ -20,6 +20,9 @@ internal sealed unsafe partial class CpuBackend
     /// <summary>Query rows per kv head (L·Group) up to which the decode path runs.</summary>
     internal const int DecodeMaxRows = 16;
     internal const int DecodeKB = 128;   // keys per block: = FKB (ScoreTile4x64, TransposeInto) and = KeyBlock (Scores) strides
+
+    /// <summary>Bound on ‖scale·q_r‖·‖k_j‖ up to which decode scores take the fast SIMD dot products (see DecodeItem).</summary>
+    internal const float DecodeSafeNorm = 256f;
 
     /// <summary>Vector width of the decode kernel: 0 = 512 bits where <see cref="FastSdpa"/>, else the widest other
     /// accelerated; tests force 512, 256 or 128.</summary>
@@ -79,11 +82,13 @@ internal sealed unsafe partial class CpuBackend
 
         int W = TW.Count;
         int evPad = (Ev + W - 1) / W * W;
-        // Scores in exactly the order of the backward that may follow (it recomputes P = exp(S − lse) from its own S: at
-        // huge scores a different rounding would make P overflow): at 512 bits the AVX-512 kernels' order (scale·q, one
-        // FMA chain over e per key lane: ScoreTile4x64 over a Kᵀ block transposed here in L1, never stored per call), else
-        // the portable kernels' (Scores on q, then × scale; per head its ≤ 16 rows group as in the portable query blocks).
-        bool tile = W == 16;
+        // Scores: SIMD dot products over E (generic width) while ‖q_r‖·‖k_j‖ ≤ DecodeSafeNorm for the block; otherwise (huge,
+        // infinite or NaN inputs) the block is redone in exactly the order of the backward that may follow, which
+        // recomputes P = exp(S − lse) from its own S: at huge scores another rounding would make P overflow. That order is
+        // the AVX-512 kernels' (scale·q, one FMA chain over e per key lane: ScoreTile4x64 over a Kᵀ block transposed in
+        // L1) where FastSdpa, else the portable kernels' (Scores on q, then × scale; a head's ≤ 16 rows group as in the
+        // portable query blocks). Below the bound the two orders differ by rounding only (|ΔS| ≲ E·2⁻²⁴·‖q‖‖k‖).
+        bool tile = FastSdpa;
         int Rp = (R + 3) & ~3;
         float* qs = FastScratch((long)Rp * E + (long)Rp * DecodeKB + (long)R * evPad + 2L * R + (tile ? (long)E * DecodeKB : 0) + 64);
         float* sc = qs + (long)Rp * E;
@@ -93,11 +98,13 @@ internal sealed unsafe partial class CpuBackend
         float* kt = l + R;
 
         long qHead0 = (long)b * s.Hq + (long)hk * G;   // first query head of the group
+        float qMax2 = 0f;
         for (int r = 0; r < R; r++)
         {
-            var src = new ReadOnlySpan<float>(c.Q + (qHead0 * L + r) * E, E);
-            if (tile) TensorPrimitives.Multiply(src, s.Scale, new Span<float>(qs + (long)r * E, E));
-            else src.CopyTo(new Span<float>(qs + (long)r * E, E));
+            var dstq = new Span<float>(qs + (long)r * E, E);
+            TensorPrimitives.Multiply(new ReadOnlySpan<float>(c.Q + (qHead0 * L + r) * E, E), s.Scale, dstq);
+            float q2 = TensorPrimitives.SumOfSquares<float>(dstq);
+            qMax2 = q2 > qMax2 || float.IsNaN(q2) ? q2 : qMax2;
         }
         if (Rp > R) new Span<float>(qs + (long)R * E, (Rp - R) * E).Clear();
         new Span<float>(acc, R * evPad).Clear();
@@ -108,21 +115,25 @@ internal sealed unsafe partial class CpuBackend
         for (int j0 = jBegin; j0 < jEnd; j0 += DecodeKB)
         {
             int kn = Math.Min(DecodeKB, jEnd - j0);
-            if (tile)
+            float kMax2 = DecodeScores<TW, TV>(qs, R, E, kBase + (long)j0 * E, kn, sc);
+            if (!(qMax2 * kMax2 <= DecodeSafeNorm * DecodeSafeNorm))
             {
-                if (kn < DecodeKB) new Span<float>(kt, E * DecodeKB).Clear();
-                TransposeInto(kBase + (long)j0 * E, E, kn, kt);
-                int kCols = (kn + 63) & ~63;
-                for (int r = 0; r < Rp; r += 4)
-                    for (int cc = 0; cc < kCols; cc += 64)
-                        ScoreTile4x64(qs + (long)r * E, E, kt + cc, sc + (long)r * DecodeKB + cc);
-            }
-            else
-            {
-                for (int g = 0; g < G; g++)
-                    Scores(qs + (long)g * L * E, kBase + (long)j0 * E, sc + (long)g * L * DecodeKB, L, kn, E);
-                for (int r = 0; r < R; r++)
-                    TensorPrimitives.Multiply(new ReadOnlySpan<float>(sc + (long)r * DecodeKB, kn), s.Scale, new Span<float>(sc + (long)r * DecodeKB, kn));
+                if (tile)
+                {
+                    if (kn < DecodeKB) new Span<float>(kt, E * DecodeKB).Clear();
+                    TransposeInto(kBase + (long)j0 * E, E, kn, kt);
+                    int kCols = (kn + 63) & ~63;
+                    for (int r = 0; r < Rp; r += 4)
+                        for (int cc = 0; cc < kCols; cc += 64)
+                            ScoreTile4x64(qs + (long)r * E, E, kt + cc, sc + (long)r * DecodeKB + cc);
+                }
+                else
+                {
+                    for (int g = 0; g < G; g++)
+                        Scores(c.Q + (qHead0 + g) * L * E, kBase + (long)j0 * E, sc + (long)g * L * DecodeKB, L, kn, E);
+                    for (int r = 0; r < R; r++)
+                        TensorPrimitives.Multiply(new ReadOnlySpan<float>(sc + (long)r * DecodeKB, kn), s.Scale, new Span<float>(sc + (long)r * DecodeKB, kn));
+                }
             }
             for (int r = 0; r < R; r++)
             {
@@ -159,6 +170,59 @@ internal sealed unsafe partial class CpuBackend
             TensorPrimitives.Multiply(new ReadOnlySpan<float>(acc + (long)r * evPad, Ev), 1f / l[r], dst);
             c.Lse[row] = m[r] + MathF.Log(l[r]);
         }
+    }
+
+    /// <summary>sc[r·DecodeKB + j] = Σ_e qs[r·E + e]·k[j·E + e] for r &lt; R, j &lt; kn: 4 rows × 1 key per step, each K row
+    /// loaded once per 4 rows (from L1), vector partial sums over E reduced once per (row, key). Returns the largest ‖k_j‖² of
+    /// the block (NaN if any is NaN).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static float DecodeScores<TW, TV>(float* qs, int R, int E, float* k, int kn, float* sc) where TW : struct, IVec<TV> where TV : unmanaged
+    {
+        int W = TW.Count;
+        int eVec = E - E % W;
+        float kMax2 = 0f;
+        for (int j = 0; j < kn; j++)
+        {
+            float* kr = k + (long)j * E;
+            TV kk = TW.Zero;
+            for (int e = 0; e < eVec; e += W) { var kv = TW.Load(kr + e); kk = TW.Fma(kv, kv, kk); }
+            float k2 = TW.Sum(kk);
+            for (int e = eVec; e < E; e++) k2 += kr[e] * kr[e];
+            kMax2 = k2 > kMax2 || float.IsNaN(k2) ? k2 : kMax2;   // NaN sticks (it fails the caller's bound)
+            int r = 0;
+            for (; r + 4 <= R; r += 4)
+            {
+                float* q0 = qs + (long)r * E;
+                float* q1 = q0 + E, q2 = q1 + E, q3 = q2 + E;
+                TV a0 = TW.Zero, a1 = TW.Zero, a2 = TW.Zero, a3 = TW.Zero;
+                for (int e = 0; e < eVec; e += W)
+                {
+                    var kv = TW.Load(kr + e);
+                    a0 = TW.Fma(TW.Load(q0 + e), kv, a0);
+                    a1 = TW.Fma(TW.Load(q1 + e), kv, a1);
+                    a2 = TW.Fma(TW.Load(q2 + e), kv, a2);
+                    a3 = TW.Fma(TW.Load(q3 + e), kv, a3);
+                }
+                float s0 = TW.Sum(a0), s1 = TW.Sum(a1), s2 = TW.Sum(a2), s3 = TW.Sum(a3);
+                for (int e = eVec; e < E; e++)
+                {
+                    float kx = kr[e];
+                    s0 += q0[e] * kx; s1 += q1[e] * kx; s2 += q2[e] * kx; s3 += q3[e] * kx;
+                }
+                sc[(long)r * DecodeKB + j] = s0; sc[(long)(r + 1) * DecodeKB + j] = s1;
+                sc[(long)(r + 2) * DecodeKB + j] = s2; sc[(long)(r + 3) * DecodeKB + j] = s3;
+            }
+            for (; r < R; r++)
+            {
+                float* q0 = qs + (long)r * E;
+                TV a0 = TW.Zero;
+                for (int e = 0; e < eVec; e += W) a0 = TW.Fma(TW.Load(q0 + e), TW.Load(kr + e), a0);
+                float s0 = TW.Sum(a0);
+                for (int e = eVec; e < E; e++) s0 += q0[e] * kr[e];
+                sc[(long)r * DecodeKB + j] = s0;
+            }
+        }
+        return kMax2;
     }
 
     /// <summary>Online-softmax step of one row of kn scores (entries to drop already −∞): m ← max(m, max row) (NaN scores
