@@ -73,10 +73,12 @@ public static unsafe class Compare
         Emit("| workload | LibTorch ms | ours ms | ratio | ours rate | LibTorch rate | CPU ms LibTorch / ours (ratio) | max rel diff |");
         Emit("|---|---|---|---|---|---|---|---|");
         using var dev = Device.Open("cpu");
+        var rows = new List<(string Name, double Work, bool Bytes, Result R)>();
         foreach (var c in Cases)
         {
             if (only != null && !c.Name.Contains(only, StringComparison.OrdinalIgnoreCase)) continue;
             var r = RunCase(dev, c, reps);
+            rows.Add((c.Name, c.Decode ? c.Bytes : c.Flops, c.Decode, r));
             string rate(double ms) => c.Decode ? $"{c.Bytes / ms / 1e6:F1} GB/s" : $"{c.Flops / ms / 1e6:F1} GFLOP/s";
             Emit($"| {c.Name} | {r.TorchMs:F3} | {r.OursMs:F3} | **{r.TorchMs / r.OursMs:F2}×** | {rate(r.OursMs)} | {rate(r.TorchMs)} | {r.TorchCpuMs:F1} / {r.OursCpuMs:F1} ({r.TorchCpuMs / r.OursCpuMs:F2}×) | {r.MaxRel:E1} |");
         }
@@ -84,11 +86,30 @@ public static unsafe class Compare
         {
             if (only != null && !c.Name.Contains(only, StringComparison.OrdinalIgnoreCase)) continue;
             var r = RunGrid(dev, c, reps);
+            rows.Add((c.Name, c.Bytes, true, r));
             string rate(double ms) => $"{c.Bytes / ms / 1e6:F1} GB/s";
             Emit($"| {c.Name} | {r.TorchMs:F3} | {r.OursMs:F3} | **{r.TorchMs / r.OursMs:F2}×** | {rate(r.OursMs)} | {rate(r.TorchMs)} | {r.TorchCpuMs:F1} / {r.OursCpuMs:F1} ({r.TorchCpuMs / r.OursCpuMs:F2}×) | {r.MaxRel:E1} |");
         }
         Emit("");
         Emit($"- load after: {Load()}");
+        if (!args.Contains("--no-limits"))
+        {
+            var lim = GpuAttention.Bench.MachineLimits.Measure();
+            Emit("");
+            Emit($"## Fractions of the machine limits (`limits` probe right after: FMA peak {lim.FmaGflopsAll:F1} GFLOP/s with {lim.Threads} threads, {lim.FmaGflops1:F1} with 1; copy bandwidth {lim.CopyGBsDram:F1} GB/s read + write; load {Load()})");
+            Emit("");
+            Emit("Wall: our rate over the {threads}-thread limit. Per core-second: the work over our process CPU time, over the 1-thread FMA peak (compute) or the copy bandwidth over the threads (a rough per-core rate): what a loaded machine disturbs least.".Replace("{threads}", lim.Threads.ToString()));
+            Emit("");
+            Emit("| workload | ours, wall | fraction of limit | ours per core-second | fraction of 1-core limit |");
+            Emit("|---|---|---|---|---|");
+            foreach (var (name, work, bytes, r) in rows)
+            {
+                double wall = work / r.OursMs / 1e6, core = work / r.OursCpuMs / 1e6;
+                double lAll = bytes ? lim.CopyGBsDram : lim.FmaGflopsAll, l1 = bytes ? lim.CopyGBsDram / lim.Threads : lim.FmaGflops1;
+                string u = bytes ? "GB/s" : "GFLOP/s";
+                Emit($"| {name} | {wall:F1} {u} | {100 * wall / lAll:F0}% | {core:F1} {u} | {100 * core / l1:F0}% |");
+            }
+        }
         if (outPath != null) File.WriteAllLines(outPath, lines);
         return 0;
     }
