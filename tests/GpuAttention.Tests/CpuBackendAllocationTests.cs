@@ -58,11 +58,12 @@ public class CpuBackendAllocationTests
             var plain = Shape(L, false, false);
             var causal = Shape(L, true, false);
             var masked = Shape(L, false, true);
-            // Decoding (L = 1, 2 heads of work, S = 600): the split-key path of both SDPA forwards.
+            // Decoding (L = 1, 2 kv heads of work, S = 600): the decode path (split keys); L = 40 on one head: the split keys of the other paths.
             const int DecS = 600;
             var dq1 = U((long)Hq * E); var dk1 = U((long)Hkv * DecS * E); var dv1 = U((long)Hkv * DecS * Ev);
             var do1 = Z((long)Hq * Ev); var dl1 = Z(Hq);
             var decode = new SdpaShape(1, Hq, Hkv, 1, DecS, E, Ev, 0.2f, false, 0, 0, 0, 0);
+            var dq40 = U(40L * E); var do40 = Z(40L * Ev); var dl40 = Z(40);
 
             // GEMM: batch 3, 70×90 from K = 300 (two depth blocks), plain and transposed operands.
             var ga = U(3L * 70 * 300); var gb = U(3L * 300 * 90); var gc = U(3L * 70 * 90);
@@ -94,6 +95,15 @@ public class CpuBackendAllocationTests
                 ("sdpa decode (split keys)", () => be.SdpaForward(new SdpaForwardArgs(decode, dq1, dk1, dv1, null, do1, dl1))),
                 ("sdpa backward", () => be.SdpaBackward(new SdpaBackwardArgs(plain, q, k, v, null, o, lse, go, dq, dk, dv))),
                 ("sdpa backward causal mask", () => be.SdpaBackward(new SdpaBackwardArgs(Shape(L, true, true), q, k, v, mask, o, lse, go, dq, dk, dv))),
+                ("sdpa backward one-pass form", () =>
+                {
+                    int saved = CpuBackend.BwdFusedMinItemsPerThread;
+                    CpuBackend.BwdFusedMinItemsPerThread = 0;
+                    try { be.SdpaBackward(new SdpaBackwardArgs(Shape(L, true, true), q, k, v, mask, o, lse, go, dq, dk, dv)); }
+                    finally { CpuBackend.BwdFusedMinItemsPerThread = saved; }
+                }),
+                ("sdpa forward L = 40 split keys (not the decode path)", () => be.SdpaForward(new SdpaForwardArgs(
+                    new SdpaShape(1, 1, 1, 40, DecS, E, Ev, 0.2f, false, 0, 0, 0, 0), dq40, dk1, dv1, null, do40, dl40))),
                 ("gemm", () => be.Gemm(gemm)),
                 ("gemm transposed", () => be.Gemm(gemmT)),
                 ("glimpse", () => be.GlimpseForward(new GlimpseForwardArgs(gs, img, prm, null, glo))),

@@ -19,7 +19,8 @@ public class CpuSdpaPathTests
         yield return new(2, 3, 1, 97, 333, 64, 80, MaskShape: [97, 333]);            // Ev = 64 + 16 tail, float mask
         yield return new(1, 2, 2, 70, 260, 13, 130, MaskShape: [1, 2, 70, 260], BoolMask: true);
         yield return new(1, 1, 1, 257, 129, 64, 64, Causal: true);                  // causal, L > S, key block edge
-        yield return new(1, 2, 1, 3, 2500, 33, 17, MaskShape: [3, 2500]);           // decoding: split keys with a mask
+        yield return new(1, 2, 1, 3, 2500, 33, 17, MaskShape: [3, 2500]);           // decoding (the decode path): split keys, mask
+        yield return new(1, 1, 1, 40, 2500, 33, 17, MaskShape: [40, 2500]);         // L·Group > 16: split keys on these paths
         yield return new(1, 1, 1, 5, 1, 7, 3);                                       // one key
     }
 
@@ -50,6 +51,42 @@ public class CpuSdpaPathTests
     {
         var t = new SdpaBackwardTests("cpu");
         CpuPath.Run(fast, () => CpuBackend.FastSdpa, v => CpuBackend.FastSdpa = v, t.Open, () => t.MatchesReference(c), t.Close);
+    }
+
+    private static IEnumerable<TestCaseData> BackwardPasses() =>
+        from fused in new[] { true, false }
+        from c in BackwardTileCases().Concat(SdpaBackwardTests.Cases())
+        select new TestCaseData(fused, c).SetName($"backward avx512 {(fused ? "one-pass" : "two-pass")} {c}");
+
+    /// <summary>The AVX-512 backward's one-pass form (dK, dV and dQ from each tile, one item per kv head) and its two-pass
+    /// form, each forced, against the reference; plus the edge numerics on the one-pass form.</summary>
+    [TestCaseSource(nameof(BackwardPasses))]
+    public void BackwardPassFormMatchesReference(bool fused, SdpaBackwardTests.Case c)
+    {
+        var t = new SdpaBackwardTests("cpu");
+        int saved = CpuBackend.BwdFusedMinItemsPerThread;
+        CpuBackend.BwdFusedMinItemsPerThread = fused ? 0 : int.MaxValue / 1024;
+        try { CpuPath.Run(true, () => CpuBackend.FastSdpa, v => CpuBackend.FastSdpa = v, t.Open, () => t.MatchesReference(c), t.Close); }
+        finally { CpuBackend.BwdFusedMinItemsPerThread = saved; }
+    }
+
+    [Test]
+    public void BackwardEdgeNumericsOnOnePassForm()
+    {
+        var t = new EdgeNumericsTests("cpu");
+        int saved = CpuBackend.BwdFusedMinItemsPerThread;
+        CpuBackend.BwdFusedMinItemsPerThread = 0;
+        try
+        {
+            CpuPath.Run(true, () => CpuBackend.FastSdpa, v => CpuBackend.FastSdpa = v, t.Open, () =>
+            {
+                t.SdpaBackwardNaNInOneGradOutRowStaysWhereTheMathPutsIt(false);
+                t.SdpaBackwardNaNInOneGradOutRowStaysWhereTheMathPutsIt(true);
+                t.SdpaBackwardNaNInOneQueryRowAndInfInOneKey();
+                t.SdpaBackwardFullyMaskedRowsGiveZeroGradientsAndNoNaN();
+            }, t.Close);
+        }
+        finally { CpuBackend.BwdFusedMinItemsPerThread = saved; }
     }
 
     /// <summary>

@@ -31,6 +31,7 @@ internal sealed unsafe partial class CpuBackend : ISdpaBackend
     {
         var s = a.Shape;
         if (s.B == 0 || s.Hq == 0 || s.L == 0) return;
+        if (UsesDecode(s)) { SdpaDecode(a); return; }
         if (FastSdpa) { SdpaForwardFast(a); return; }
         int qBlocks = (s.L + QueryBlock - 1) / QueryBlock;
         long items = (long)s.B * s.Hq * qBlocks;

@@ -1,0 +1,319 @@
+using System.Diagnostics;
+using System.Runtime.InteropServices;
+using GpuAttention;
+using TorchSharp;
+using static TorchSharp.torch;
+using TT = TorchSharp.torch.Tensor;
+
+namespace GpuAttention.Bench.Torch;
+
+/// <summary>One workload: SDPA forward, forward+backward, or decode (forward with L small), with GQA K/V expanded for LibTorch.</summary>
+public sealed record SdpaCase(string Name, int B, int Hq, int Hkv, int L, int S, int E, bool Causal, bool Backward)
+{
+    public override string ToString() => Name;
+    public bool Decode => L <= 4;
+    /// <summary>Useful FLOPs: forward 4·B·Hq·L·S·E (halved when causal and L = S), backward 2.5× forward.</summary>
+    public double Flops => 4.0 * B * Hq * L * S * E * (Causal && L == S ? 0.5 : 1) * (Backward ? 3.5 : 1);
+    /// <summary>Compulsory bytes of decode: every K and V head once (per query group), plus q and out.</summary>
+    public double Bytes => 4.0 * ((double)B * Hkv * S * 2 * E + 2.0 * B * Hq * L * E);
+}
+
+/// <summary>
+/// Same-process comparison of the CPU backend with LibTorch 2.10 (TorchSharp 0.107.0): identical inputs, outputs checked
+/// against each other first, then ours and LibTorch's alternate call by call (the order flipping every repetition), and
+/// the ratio of the medians is reported (LibTorch time / ours: &gt; 1 means we are faster).
+/// </summary>
+public static unsafe class Compare
+{
+    public static readonly SdpaCase[] Cases =
+    [
+        new("SDPA forward B1 H8 L=S=1024 E64", 1, 8, 8, 1024, 1024, 64, false, false),
+        new("SDPA forward, causal", 1, 8, 8, 1024, 1024, 64, true, false),
+        new("SDPA forward+backward B1 H8 L=S=1024 E64", 1, 8, 8, 1024, 1024, 64, false, true),
+        new("SDPA forward+backward, causal", 1, 8, 8, 1024, 1024, 64, true, true),
+        new("SDPA forward+backward B1 H8 L=S=1024 E128", 1, 8, 8, 1024, 1024, 128, false, true),
+        new("SDPA forward B1 H8 L=S=4096 E64", 1, 8, 8, 4096, 4096, 64, false, false),
+        new("GQA prefill Hq32/Hkv8 L=S=2048 E128 causal", 1, 32, 8, 2048, 2048, 128, true, false),
+        new("GQA decode L=1 Hq32/Hkv8 S=4096 E128 B1", 1, 32, 8, 1, 4096, 128, false, false),
+        new("GQA decode L=1 Hq32/Hkv8 S=2048 E128 B8", 8, 32, 8, 1, 2048, 128, false, false),
+        new("GQA decode L=1 Hq32/Hkv8 S=16384 E128 B1", 1, 32, 8, 1, 16384, 128, false, false),
+    ];
+
+    public static readonly GridCase[] GridCases =
+    [
+        new("grid_sample forward N16 C16 128²→64² bilinear", 16, 16, 128, 128, 64, 64, false),
+        new("grid_sample forward+backward, same", 16, 16, 128, 128, 64, 64, true),
+    ];
+
+    public static int Run(string[] args)
+    {
+        int reps = 15;
+        string? only = null, outPath = null;
+        for (int i = 1; i < args.Length; i++)
+        {
+            if (args[i] == "--reps") reps = int.Parse(args[++i]);
+            else if (args[i] == "--only") only = args[++i];
+            else if (args[i] == "--out") outPath = args[++i];
+        }
+        int threads = Environment.ProcessorCount;
+        torch.set_num_threads(threads);
+        torch.set_num_interop_threads(1);
+        var lines = new List<string>();
+        void Emit(string s) { Console.WriteLine(s); lines.Add(s); }
+
+        Emit($"# CPU backend vs LibTorch {torch.__version__} (TorchSharp {typeof(torch).Assembly.GetName().Version}), same process");
+        Emit("");
+        Emit($"- date: {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC; machine: {CpuModel()}, {threads} logical CPUs, {MachineLimitsSimd()}; .NET {RuntimeInformation.FrameworkDescription}");
+        Emit($"- threads: ours {threads} (CpuWorkers), LibTorch {torch.get_num_threads()} intra-op (OpenMP), OMP_WAIT_POLICY={Environment.GetEnvironmentVariable("OMP_WAIT_POLICY") ?? "(unset: workers spin after each call)"}");
+        Emit($"- load before: {Load()}");
+        Emit($"- method: per workload, outputs (and gradients) checked against each other, 3 warm-up pairs, then {reps} repetitions of one call each, ours and LibTorch's alternating (order flipped every repetition); median wall time per call; ratio = LibTorch median / ours. GQA: LibTorch gets K/V expanded with repeat_interleave (outside the timing; it has no enable_gqa here). Denormals: not flushed in either.");
+        Emit("- CPU ms: process CPU time (getrusage, all threads) per call, median; less disturbed by other processes than wall time.");
+        Emit("- FLOPs: forward 4·B·Hq·L·S·E (causal L = S: half), forward+backward 3.5× forward. Decode bytes: every K/V head once + q + out; grid_sample bytes: compulsory traffic as bench/compare.py counts it.");
+        Emit("");
+        Emit("| workload | LibTorch ms | ours ms | ratio | ours rate | LibTorch rate | CPU ms LibTorch / ours (ratio) | max rel diff |");
+        Emit("|---|---|---|---|---|---|---|---|");
+        using var dev = Device.Open("cpu");
+        var rows = new List<(string Name, double Work, bool Bytes, Result R)>();
+        foreach (var c in Cases)
+        {
+            if (only != null && !c.Name.Contains(only, StringComparison.OrdinalIgnoreCase)) continue;
+            var r = RunCase(dev, c, reps);
+            rows.Add((c.Name, c.Decode ? c.Bytes : c.Flops, c.Decode, r));
+            string rate(double ms) => c.Decode ? $"{c.Bytes / ms / 1e6:F1} GB/s" : $"{c.Flops / ms / 1e6:F1} GFLOP/s";
+            Emit($"| {c.Name} | {r.TorchMs:F3} | {r.OursMs:F3} | **{r.TorchMs / r.OursMs:F2}×** | {rate(r.OursMs)} | {rate(r.TorchMs)} | {r.TorchCpuMs:F1} / {r.OursCpuMs:F1} ({r.TorchCpuMs / r.OursCpuMs:F2}×) | {r.MaxRel:E1} |");
+        }
+        foreach (var c in GridCases)
+        {
+            if (only != null && !c.Name.Contains(only, StringComparison.OrdinalIgnoreCase)) continue;
+            var r = RunGrid(dev, c, reps);
+            rows.Add((c.Name, c.Bytes, true, r));
+            string rate(double ms) => $"{c.Bytes / ms / 1e6:F1} GB/s";
+            Emit($"| {c.Name} | {r.TorchMs:F3} | {r.OursMs:F3} | **{r.TorchMs / r.OursMs:F2}×** | {rate(r.OursMs)} | {rate(r.TorchMs)} | {r.TorchCpuMs:F1} / {r.OursCpuMs:F1} ({r.TorchCpuMs / r.OursCpuMs:F2}×) | {r.MaxRel:E1} |");
+        }
+        Emit("");
+        Emit($"- load after: {Load()}");
+        if (!args.Contains("--no-limits"))
+        {
+            var lim = GpuAttention.Bench.MachineLimits.Measure();
+            Emit("");
+            Emit($"## Fractions of the machine limits (`limits` probe right after: FMA peak {lim.FmaGflopsAll:F1} GFLOP/s with {lim.Threads} threads, {lim.FmaGflops1:F1} with 1; copy bandwidth {lim.CopyGBsDram:F1} GB/s read + write; load {Load()})");
+            Emit("");
+            Emit("Wall: our rate over the {threads}-thread limit. Per core-second: the work over our process CPU time, over the 1-thread FMA peak (compute) or the copy bandwidth over the threads (a rough per-core rate): what a loaded machine disturbs least.".Replace("{threads}", lim.Threads.ToString()));
+            Emit("");
+            Emit("| workload | ours, wall | fraction of limit | ours per core-second | fraction of 1-core limit |");
+            Emit("|---|---|---|---|---|");
+            foreach (var (name, work, bytes, r) in rows)
+            {
+                double wall = work / r.OursMs / 1e6, core = work / r.OursCpuMs / 1e6;
+                double lAll = bytes ? lim.CopyGBsDram : lim.FmaGflopsAll, l1 = bytes ? lim.CopyGBsDram / lim.Threads : lim.FmaGflops1;
+                string u = bytes ? "GB/s" : "GFLOP/s";
+                Emit($"| {name} | {wall:F1} {u} | {100 * wall / lAll:F0}% | {core:F1} {u} | {100 * core / l1:F0}% |");
+            }
+        }
+        if (outPath != null) File.WriteAllLines(outPath, lines);
+        return 0;
+    }
+
+    private static string MachineLimitsSimd() =>
+        System.Runtime.Intrinsics.Vector512.IsHardwareAccelerated ? "AVX-512" : System.Runtime.Intrinsics.Vector256.IsHardwareAccelerated ? "AVX2" : "128-bit SIMD";
+
+    private static string CpuModel()
+    {
+        try { return File.ReadLines("/proc/cpuinfo").First(l => l.StartsWith("model name")).Split(':', 2)[1].Trim(); }
+        catch { return RuntimeInformation.ProcessArchitecture.ToString(); }
+    }
+
+    private static string Load()
+    {
+        try { return "loadavg " + File.ReadAllText("/proc/loadavg").Trim(); } catch { return "?"; }
+    }
+
+    public record struct Result(double OursMs, double TorchMs, double MaxRel, double OursCpuMs, double TorchCpuMs);
+
+    private static float[] Rand(Random rng, long n)
+    {
+        var a = new float[n];
+        for (long i = 0; i < n; i++) a[i] = (float)(rng.NextDouble() * 2 - 1);
+        return a;
+    }
+
+    private static double MaxRel(float[] a, float[] b)
+    {
+        double maxDiff = 0, maxRef = 0;
+        for (int i = 0; i < a.Length; i++)
+        {
+            maxDiff = Math.Max(maxDiff, Math.Abs((double)a[i] - b[i]));
+            maxRef = Math.Max(maxRef, Math.Abs((double)b[i]));
+        }
+        return maxDiff / Math.Max(maxRef, 1e-30);
+    }
+
+    public static Result RunCase(Device dev, SdpaCase c, int reps)
+    {
+        var rng = new Random(12345);
+        int G = c.Hq / c.Hkv;
+        float[] qh = Rand(rng, (long)c.B * c.Hq * c.L * c.E), kh = Rand(rng, (long)c.B * c.Hkv * c.S * c.E);
+        float[] vh = Rand(rng, (long)c.B * c.Hkv * c.S * c.E), gh = Rand(rng, (long)c.B * c.Hq * c.L * c.E);
+        using var ours = new OursSdpa(dev, c, qh, kh, vh, gh);
+        using var peer = new TorchSdpa(c, qh, kh, vh, gh);
+        ours.Run(); peer.Run();
+        double maxRel = MaxRel(ours.Out(), peer.Out());
+        if (c.Backward)
+        {
+            var (dq, dk, dv) = ours.Grads();
+            var (tq, tk, tv) = peer.Grads();
+            maxRel = Math.Max(maxRel, Math.Max(MaxRel(dq, tq), Math.Max(MaxRel(dk, tk), MaxRel(dv, tv))));
+        }
+        if (!(maxRel <= 1e-3)) throw new InvalidOperationException($"{c.Name}: outputs differ (max rel {maxRel:E2})");
+        return Interleave(ours.Run, peer.Run, reps, maxRel);
+    }
+
+    public static Result RunGrid(Device dev, GridCase c, int reps)
+    {
+        var rng = new Random(12345);
+        float[] input = Rand(rng, (long)c.N * c.C * c.H * c.W), g = Rand(rng, (long)c.N * c.C * c.Ho * c.Wo);
+        float[] grid = Rand(rng, (long)c.N * c.Ho * c.Wo * 2);
+        for (int i = 0; i < grid.Length; i++) grid[i] *= 1.1f;
+        using var ours = new OursGrid(dev, c, input, grid, g);
+        using var peer = new TorchGrid(c, input, grid, g);
+        ours.Run(); peer.Run();
+        double maxRel = 0;
+        var a = ours.Outputs(); var b = peer.Outputs();
+        for (int i = 0; i < a.Length; i++) maxRel = Math.Max(maxRel, MaxRel(a[i], b[i]));
+        if (!(maxRel <= 1e-3)) throw new InvalidOperationException($"{c.Name}: outputs differ (max rel {maxRel:E2})");
+        return Interleave(ours.Run, peer.Run, reps, maxRel);
+    }
+
+    private static Result Interleave(Action ours, Action peer, int reps, double maxRel)
+    {
+        for (int w = 0; w < 3; w++) { ours(); peer(); }
+        var to = new double[reps]; var tt = new double[reps]; var co = new double[reps]; var ct = new double[reps];
+        for (int r = 0; r < reps; r++)
+        {
+            if (r % 2 == 0) { to[r] = Time(ours, ref co[r]); tt[r] = Time(peer, ref ct[r]); }
+            else { tt[r] = Time(peer, ref ct[r]); to[r] = Time(ours, ref co[r]); }
+        }
+        return new Result(Median(to), Median(tt), maxRel, Median(co), Median(ct));
+    }
+
+    private static double Time(Action a, ref double cpuMs)
+    {
+        double c0 = ProcessCpuMs();
+        long t0 = Stopwatch.GetTimestamp();
+        a();
+        double wall = Stopwatch.GetElapsedTime(t0).TotalMilliseconds;
+        cpuMs = ProcessCpuMs() - c0;
+        return wall;
+    }
+
+    [StructLayout(LayoutKind.Sequential)]
+    private struct RUsage { public long UtimeSec, UtimeUsec, StimeSec, StimeUsec; public fixed long Rest[14]; }
+
+    [DllImport("libc", EntryPoint = "getrusage")]
+    private static extern int GetRUsage(int who, out RUsage usage);
+
+    /// <summary>CPU time of the whole process (all threads, user + system), ms: what a call costs in core time, which
+    /// other processes on a loaded machine disturb far less than wall time.</summary>
+    private static double ProcessCpuMs()
+    {
+        if (!OperatingSystem.IsLinux() || GetRUsage(0, out var u) != 0) return double.NaN;
+        return (u.UtimeSec + u.StimeSec) * 1e3 + (u.UtimeUsec + u.StimeUsec) * 1e-3;
+    }
+
+    private static double Median(double[] x)
+    {
+        var s = (double[])x.Clone();
+        Array.Sort(s);
+        return s.Length % 2 == 1 ? s[s.Length / 2] : 0.5 * (s[s.Length / 2 - 1] + s[s.Length / 2]);
+    }
+}
+
+/// <summary>Our side of a case: tensors uploaded once, outputs preallocated (a call allocates nothing).</summary>
+public sealed class OursSdpa : IDisposable
+{
+    private readonly Device _d;
+    private readonly SdpaCase _c;
+    private readonly GpuAttention.Tensor _q, _k, _v, _g, _o, _l;
+    private readonly GpuAttention.Tensor? _dq, _dk, _dv;
+    private readonly SdpaOptions _opt;
+
+    public OursSdpa(Device d, SdpaCase c, float[] q, float[] k, float[] v, float[] g)
+    {
+        _d = d; _c = c; _opt = new SdpaOptions(c.Causal);
+        _q = d.Upload(q, c.B, c.Hq, c.L, c.E); _k = d.Upload(k, c.B, c.Hkv, c.S, c.E); _v = d.Upload(v, c.B, c.Hkv, c.S, c.E);
+        _g = d.Upload(g, c.B, c.Hq, c.L, c.E);
+        _o = d.Allocate(c.B, c.Hq, c.L, c.E); _l = d.Allocate(c.B, c.Hq, c.L);
+        if (c.Backward) { _dq = d.Allocate(c.B, c.Hq, c.L, c.E); _dk = d.Allocate(c.B, c.Hkv, c.S, c.E); _dv = d.Allocate(c.B, c.Hkv, c.S, c.E); }
+    }
+
+    public void Run()
+    {
+        _d.Sdpa(_q, _k, _v, _o, _l, null, _opt);
+        if (_c.Backward) _d.SdpaBackward(_q, _k, _v, _o, _l, _g, _dq!, _dk!, _dv!, null, _opt);
+        _d.Synchronize();
+    }
+
+    public float[] Out() => _d.Download(_o);
+    public (float[], float[], float[]) Grads() => (_d.Download(_dq!), _d.Download(_dk!), _d.Download(_dv!));
+
+    public void Dispose()
+    {
+        foreach (var t in new[] { _q, _k, _v, _g, _o, _l, _dq, _dk, _dv }) t?.Dispose();
+    }
+}
+
+/// <summary>LibTorch's side: scaled_dot_product_attention (its fused CPU flash kernel) and autograd for the backward;
+/// GQA K/V expanded with repeat_interleave once, outside the timing (grad_k/grad_v summed back over the group for the check).</summary>
+public sealed class TorchSdpa : IDisposable
+{
+    private readonly SdpaCase _c;
+    private readonly TT _q, _k, _v, _g;
+    private TT? _o, _dq, _dk, _dv;
+
+    public TorchSdpa(SdpaCase c, float[] q, float[] k, float[] v, float[] g)
+    {
+        _c = c;
+        int G = c.Hq / c.Hkv;
+        _q = torch.tensor(q, new long[] { c.B, c.Hq, c.L, c.E });
+        var k0 = torch.tensor(k, new long[] { c.B, c.Hkv, c.S, c.E });
+        var v0 = torch.tensor(v, new long[] { c.B, c.Hkv, c.S, c.E });
+        _k = G == 1 ? k0 : k0.repeat_interleave(G, 1).contiguous();
+        _v = G == 1 ? v0 : v0.repeat_interleave(G, 1).contiguous();
+        _g = torch.tensor(g, new long[] { c.B, c.Hq, c.L, c.E });
+        if (c.Backward) { _q.requires_grad_(true); _k.requires_grad_(true); _v.requires_grad_(true); }
+    }
+
+    public void Run()
+    {
+        _o?.Dispose(); _dq?.Dispose(); _dk?.Dispose(); _dv?.Dispose();
+        if (!_c.Backward)
+        {
+            using var _ = torch.no_grad();
+            _o = torch.nn.functional.scaled_dot_product_attention(_q, _k, _v, null, 0.0, _c.Causal);
+            return;
+        }
+        using (var scope = torch.NewDisposeScope())
+        {
+            var o = torch.nn.functional.scaled_dot_product_attention(_q, _k, _v, null, 0.0, _c.Causal);
+            var grads = torch.autograd.grad(new[] { o }, new[] { _q, _k, _v }, new[] { _g });
+            _o = o.detach().MoveToOuterDisposeScope();
+            _dq = grads[0].MoveToOuterDisposeScope(); _dk = grads[1].MoveToOuterDisposeScope(); _dv = grads[2].MoveToOuterDisposeScope();
+        }
+    }
+
+    private static float[] Data(TT t) => t.detach().contiguous().data<float>().ToArray();
+
+    public float[] Out() => Data(_o!);
+
+    public (float[], float[], float[]) Grads()
+    {
+        int G = _c.Hq / _c.Hkv;
+        TT Fold(TT t) => G == 1 ? t : t.reshape(_c.B, _c.Hkv, G, _c.S, _c.E).sum(2);
+        return (Data(_dq!), Data(Fold(_dk!)), Data(Fold(_dv!)));
+    }
+
+    public void Dispose()
+    {
+        foreach (var t in new[] { _q, _k, _v, _g, _o, _dq, _dk, _dv }) t?.Dispose();
+    }
+}

@@ -1,0 +1,84 @@
+using BenchmarkDotNet.Attributes;
+using BenchmarkDotNet.Columns;
+using BenchmarkDotNet.Configs;
+using BenchmarkDotNet.Diagnosers;
+using BenchmarkDotNet.Jobs;
+using BenchmarkDotNet.Reports;
+using BenchmarkDotNet.Running;
+using BenchmarkDotNet.Toolchains.InProcess.Emit;
+using GpuAttention;
+
+namespace GpuAttention.Bench.Torch;
+
+/// <summary>
+/// In-process job (no child build of a project that carries 600 MB of natives), 2 warm-ups, 7 measured iterations of
+/// one call each; the ratio column is BenchmarkDotNet's against the LibTorch baseline; a rate column (GFLOP/s for
+/// compute-bound cases, GB/s of compulsory K/V traffic for decode).
+/// </summary>
+public sealed class LibTorchBaselineConfig : ManualConfig
+{
+    public LibTorchBaselineConfig()
+    {
+        AddJob(Job.Default.WithToolchain(InProcessEmitToolchain.Instance).WithWarmupCount(2).WithIterationCount(7)
+            .WithLaunchCount(1).WithInvocationCount(1).WithUnrollFactor(1));
+        AddDiagnoser(MemoryDiagnoser.Default);
+        AddColumn(new RateColumn());
+    }
+
+    private sealed class RateColumn : IColumn
+    {
+        public string Id => "Rate"; public string ColumnName => "Rate";
+        public bool AlwaysShow => true; public ColumnCategory Category => ColumnCategory.Custom; public int PriorityInCategory => 0;
+        public bool IsNumeric => false; public UnitType UnitType => UnitType.Dimensionless;
+        public string Legend => "GFLOP/s (forward 4·B·Hq·L·S·E, causal halved, backward 2.5× forward) or, for decode, GB/s of K/V read once";
+        public bool IsAvailable(Summary summary) => true;
+        public bool IsDefault(Summary summary, BenchmarkCase c) => false;
+        public string GetValue(Summary summary, BenchmarkCase c) => GetValue(summary, c, SummaryStyle.Default);
+        public string GetValue(Summary summary, BenchmarkCase c, SummaryStyle style)
+        {
+            var r = summary[c];
+            if (r?.ResultStatistics is null || c.Parameters["Case"] is not SdpaCase k) return "-";
+            double ms = r.ResultStatistics.Median / 1e6;
+            return k.Decode ? $"{k.Bytes / ms / 1e6:F1} GB/s" : $"{k.Flops / ms / 1e6:F1} GFLOP/s";
+        }
+    }
+}
+
+/// <summary>SDPA workloads of issue 15: ours against LibTorch 2.10's scaled_dot_product_attention (the baseline), same
+/// inputs, outputs checked equal in the compare mode (<see cref="Compare"/>); GQA K/V expanded for LibTorch in setup.</summary>
+[Config(typeof(LibTorchBaselineConfig))]
+public class SdpaVsLibTorch
+{
+    /// <summary>Every case of <see cref="Compare.Cases"/>, or those whose name contains $GPUATTENTION_BENCH_ONLY.</summary>
+    public static IEnumerable<SdpaCase> Cases()
+    {
+        string? only = Environment.GetEnvironmentVariable("GPUATTENTION_BENCH_ONLY");
+        return Compare.Cases.Where(c => string.IsNullOrEmpty(only) || c.Name.Contains(only, StringComparison.OrdinalIgnoreCase));
+    }
+
+    [ParamsSource(nameof(Cases))] public SdpaCase Case { get; set; } = null!;
+
+    private Device _d = null!;
+    private OursSdpa _ours = null!;
+    private TorchSdpa _torch = null!;
+
+    [GlobalSetup]
+    public void Setup()
+    {
+        TorchSharp.torch.set_num_threads(Environment.ProcessorCount);
+        var c = Case;
+        var rng = new Random(12345);
+        float[] R(long n) { var a = new float[n]; for (long i = 0; i < n; i++) a[i] = (float)(rng.NextDouble() * 2 - 1); return a; }
+        float[] q = R((long)c.B * c.Hq * c.L * c.E), k = R((long)c.B * c.Hkv * c.S * c.E), v = R((long)c.B * c.Hkv * c.S * c.E), g = R((long)c.B * c.Hq * c.L * c.E);
+        _d = Device.Open("cpu");
+        _ours = new OursSdpa(_d, c, q, k, v, g);
+        _torch = new TorchSdpa(c, q, k, v, g);
+        _ours.Run(); _torch.Run();
+    }
+
+    [Benchmark(Baseline = true)] public void LibTorch() => _torch.Run();
+    [Benchmark] public void Ours() => _ours.Run();
+
+    [GlobalCleanup]
+    public void Cleanup() { _ours.Dispose(); _torch.Dispose(); _d.Dispose(); }
+}

@@ -1,0 +1,358 @@
+using System.Numerics.Tensors;
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+
+namespace GpuAttention.Backends.Cpu;
+
+/// <summary>
+/// SDPA forward for decoding shapes (few query rows per kv head: L·Group ≤ <see cref="DecodeMaxRows"/>), one algorithm
+/// generic over the vector width (<see cref="IVec{TV}"/>: 512, 256 or 128 bits, TensorPrimitives style), so AVX2 and
+/// ARM machines run the same design as AVX-512 ones. A work item is (batch, kv head, key chunk): the L·Group query rows
+/// of the kv head's whole query group are processed together against each block of <see cref="DecodeKB"/> keys, so every
+/// K and V row is read from memory once per call (not once per query head), streamed in place in its natural [S][E]
+/// layout (no packed copy per call); the
+/// online softmax runs per row, and O += P·V reads each V row once for all rows. When B·Hkv items are too few for the threads, the keys are split into chunks
+/// (flash-decoding) whose partial (m, l, acc) are merged by <see cref="CombineAllSplits"/> in a fixed order, so the
+/// result does not depend on thread timing. Memory: per thread O(rows·(E + DecodeKB + Ev)); partials O(B·Hq·L·Ev·splits).
+/// </summary>
+internal sealed unsafe partial class CpuBackend
+{
+    /// <summary>Query rows per kv head (L·Group) up to which the decode path runs.</summary>
+    internal const int DecodeMaxRows = 16;
+    internal const int DecodeKB = 128;   // keys per block: = FKB (ScoreTile4x64, TransposeInto) and = KeyBlock (Scores) strides
+
+    /// <summary>Bound on ‖scale·q_r‖·‖k_j‖ up to which decode scores take the fast SIMD dot products (see DecodeItem).</summary>
+    internal const float DecodeSafeNorm = 256f;
+
+    /// <summary>Vector width of the decode kernel: 0 = 512 bits where <see cref="FastSdpa"/>, else the widest other
+    /// accelerated; tests force 512, 256 or 128.</summary>
+    internal static int DecodeWidth;
+
+    /// <summary>True when <paramref name="s"/> takes the decode path.</summary>
+    internal static bool UsesDecode(in SdpaShape s) => (long)s.L * s.Group <= DecodeMaxRows && s.E > 0 && s.Ev > 0;
+
+    private struct DecodeCtx
+    {
+        public SdpaShape S;
+        public float* Q, K, V, Mask, O, Lse, Parts;
+        public int Splits, KeyChunk, KeyEnd, PartStride;
+    }
+
+    private static void SdpaDecode(in SdpaForwardArgs a)
+    {
+        var s = a.Shape;
+        int threads = CpuWorkers.Threads;
+        long items = (long)s.B * s.Hkv;
+        int keyEnd = s.Causal ? Math.Min(s.S, s.L) : s.S;   // key j is kept for query i when j <= i
+        // Split the keys when there are fewer than ~4 items per thread (load balance on a shared machine), keeping at
+        // least 4 key blocks per chunk so the merge stays cheap.
+        int splits = 1;
+        if (items < 4L * threads && keyEnd > 0)
+            splits = (int)Math.Clamp((4L * threads + items - 1) / items, 1, Math.Max(1, keyEnd / (4 * DecodeKB)));
+        int keyChunk = splits == 1 ? Math.Max(keyEnd, 1) : ((keyEnd + splits - 1) / splits + DecodeKB - 1) / DecodeKB * DecodeKB;
+        if (splits > 1) splits = (keyEnd + keyChunk - 1) / keyChunk;
+        var ctx = new DecodeCtx
+        {
+            S = s, Q = Ptr(a.Q), K = Ptr(a.K), V = Ptr(a.V), Mask = Ptr(a.Mask), O = Ptr(a.Out), Lse = Ptr(a.Lse),
+            Splits = splits, KeyChunk = keyChunk, KeyEnd = keyEnd, PartStride = s.L * (s.Ev + 2),
+        };
+        int work = WorkItems(items * splits, "attention rows");
+        if (splits > 1) ctx.Parts = GrowScratch(ref s_splitParts, (long)s.B * s.Hq * splits * ctx.PartStride);
+        // The AVX-512 switch (FastSdpa) picks 512 bits; the portable setting the widest of 256 / 128 bits.
+        int width = DecodeWidth != 0 ? DecodeWidth
+            : FastSdpa && Vector512.IsHardwareAccelerated ? 512 : Vector256.IsHardwareAccelerated ? 256 : 128;
+        if (width == 512) CpuWorkers.For(work, &DecodeItem<W512, Vector512<float>>, &ctx);
+        else if (width == 256) CpuWorkers.For(work, &DecodeItem<W256, Vector256<float>>, &ctx);
+        else CpuWorkers.For(work, &DecodeItem<W128, Vector128<float>>, &ctx);
+        if (splits > 1)
+            CombineAllSplits(s, (long)s.B * s.Hq, 1, s.L, splits, ctx.Parts, ctx.PartStride, ctx.O, ctx.Lse);
+    }
+
+    /// <summary>Work item (b, kv head, key chunk): all L·Group query rows of the kv head against keys of the chunk.</summary>
+    private static void DecodeItem<TW, TV>(void* pctx, int work) where TW : struct, IVec<TV> where TV : unmanaged
+    {
+        ref DecodeCtx c = ref Unsafe.AsRef<DecodeCtx>(pctx);
+        ref readonly SdpaShape s = ref c.S;
+        int split = work % c.Splits;
+        long bhk = work / c.Splits;
+        int b = (int)(bhk / s.Hkv), hk = (int)(bhk % s.Hkv);
+        int G = s.Group, L = s.L, E = s.E, Ev = s.Ev;
+        int R = G * L;   // row r = g·L + i: query head hk·G + g, query i
+        int jBegin = split * c.KeyChunk, jEnd = Math.Min(c.KeyEnd, jBegin + c.KeyChunk);
+
+        int W = TW.Count;
+        int evPad = (Ev + W - 1) / W * W;
+        // Scores: SIMD dot products over E (generic width) while ‖q_r‖·‖k_j‖ ≤ DecodeSafeNorm for the block; otherwise (huge,
+        // infinite or NaN inputs) the block is redone in exactly the order of the backward that may follow, which
+        // recomputes P = exp(S − lse) from its own S: at huge scores another rounding would make P overflow. That order is
+        // the AVX-512 kernels' (scale·q, one FMA chain over e per key lane: ScoreTile4x64 over a Kᵀ block transposed in
+        // L1) where FastSdpa, else the portable kernels' (Scores on q, then × scale; a head's ≤ 16 rows group as in the
+        // portable query blocks). Below the bound the two orders differ by rounding only (|ΔS| ≲ E·2⁻²⁴·‖q‖‖k‖).
+        bool tile = FastSdpa;
+        int Rp = (R + 3) & ~3;
+        float* qs = FastScratch((long)Rp * E + (long)Rp * DecodeKB + (long)R * evPad + 2L * R + (tile ? (long)E * DecodeKB : 0) + 64);
+        float* sc = qs + (long)Rp * E;
+        float* acc = sc + (long)Rp * DecodeKB;
+        float* m = acc + (long)R * evPad;
+        float* l = m + R;
+        float* kt = l + R;
+
+        long qHead0 = (long)b * s.Hq + (long)hk * G;   // first query head of the group
+        float qMax2 = 0f;
+        for (int r = 0; r < R; r++)
+        {
+            var dstq = new Span<float>(qs + (long)r * E, E);
+            TensorPrimitives.Multiply(new ReadOnlySpan<float>(c.Q + (qHead0 * L + r) * E, E), s.Scale, dstq);
+            float q2 = TensorPrimitives.SumOfSquares<float>(dstq);
+            qMax2 = q2 > qMax2 || float.IsNaN(q2) ? q2 : qMax2;
+        }
+        if (Rp > R) new Span<float>(qs + (long)R * E, (Rp - R) * E).Clear();
+        new Span<float>(acc, R * evPad).Clear();
+        for (int r = 0; r < R; r++) { m[r] = float.NegativeInfinity; l[r] = 0; }
+
+        float* kBase = c.K + bhk * s.S * E;
+        float* vBase = c.V + bhk * s.S * Ev;
+        for (int j0 = jBegin; j0 < jEnd; j0 += DecodeKB)
+        {
+            int kn = Math.Min(DecodeKB, jEnd - j0);
+            float kMax2 = DecodeScores<TW, TV>(qs, R, E, kBase + (long)j0 * E, kn, sc);
+            if (!(qMax2 * kMax2 <= DecodeSafeNorm * DecodeSafeNorm))
+            {
+                if (tile)
+                {
+                    if (kn < DecodeKB) new Span<float>(kt, E * DecodeKB).Clear();
+                    TransposeInto(kBase + (long)j0 * E, E, kn, kt);
+                    int kCols = (kn + 63) & ~63;
+                    for (int r = 0; r < Rp; r += 4)
+                        for (int cc = 0; cc < kCols; cc += 64)
+                            ScoreTile4x64(qs + (long)r * E, E, kt + cc, sc + (long)r * DecodeKB + cc);
+                }
+                else
+                {
+                    for (int g = 0; g < G; g++)
+                        Scores(c.Q + (qHead0 + g) * L * E, kBase + (long)j0 * E, sc + (long)g * L * DecodeKB, L, kn, E);
+                    for (int r = 0; r < R; r++)
+                        TensorPrimitives.Multiply(new ReadOnlySpan<float>(sc + (long)r * DecodeKB, kn), s.Scale, new Span<float>(sc + (long)r * DecodeKB, kn));
+                }
+            }
+            for (int r = 0; r < R; r++)
+            {
+                int g = r / L, i = r % L;
+                float* row = sc + (long)r * DecodeKB;
+                if (c.Mask != null)
+                {
+                    float* mrow = c.Mask + b * s.MaskStrideB + (hk * G + g) * s.MaskStrideH + i * s.MaskStrideL;
+                    if (s.MaskStrideS == 1) TensorPrimitives.Add(new ReadOnlySpan<float>(row, kn), new ReadOnlySpan<float>(mrow + j0, kn), new Span<float>(row, kn));
+                    else { float mv = mrow[0]; for (int j = 0; j < kn; j++) row[j] += mv; }
+                }
+                if (s.Causal)
+                    for (int j = Math.Max(0, i + 1 - j0); j < kn; j++) row[j] = float.NegativeInfinity;
+                DecodeSoftmaxRow<TW, TV>(row, kn, ref m[r], ref l[r], acc + (long)r * evPad, evPad);
+            }
+            DecodePv<TW, TV>(sc, R, vBase + (long)j0 * Ev, Ev, kn, acc, evPad);
+        }
+
+        for (int r = 0; r < R; r++)
+        {
+            int g = r / L, i = r % L;
+            long bh = qHead0 + g;
+            if (c.Parts != null)
+            {
+                float* part = c.Parts + (bh * c.Splits + split) * c.PartStride;
+                new ReadOnlySpan<float>(acc + (long)r * evPad, Ev).CopyTo(new Span<float>(part + (long)i * Ev, Ev));
+                part[(long)L * Ev + i] = m[r];
+                part[(long)L * Ev + L + i] = l[r];
+                continue;
+            }
+            long row = bh * L + i;
+            var dst = new Span<float>(c.O + row * Ev, Ev);
+            if (l[r] == 0f && !float.IsNaN(m[r])) { dst.Clear(); c.Lse[row] = float.NegativeInfinity; continue; }
+            TensorPrimitives.Multiply(new ReadOnlySpan<float>(acc + (long)r * evPad, Ev), 1f / l[r], dst);
+            c.Lse[row] = m[r] + MathF.Log(l[r]);
+        }
+    }
+
+    /// <summary>sc[r·DecodeKB + j] = Σ_e qs[r·E + e]·k[j·E + e] for r &lt; R, j &lt; kn: 4 rows × 1 key per step, each K row
+    /// loaded once per 4 rows (from L1), vector partial sums over E reduced once per (row, key). Returns the largest ‖k_j‖² of
+    /// the block (NaN if any is NaN).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static float DecodeScores<TW, TV>(float* qs, int R, int E, float* k, int kn, float* sc) where TW : struct, IVec<TV> where TV : unmanaged
+    {
+        int W = TW.Count;
+        int eVec = E - E % W;
+        float kMax2 = 0f;
+        for (int j = 0; j < kn; j++)
+        {
+            float* kr = k + (long)j * E;
+            TV kk = TW.Zero;
+            for (int e = 0; e < eVec; e += W) { var kv = TW.Load(kr + e); kk = TW.Fma(kv, kv, kk); }
+            float k2 = TW.Sum(kk);
+            for (int e = eVec; e < E; e++) k2 += kr[e] * kr[e];
+            kMax2 = k2 > kMax2 || float.IsNaN(k2) ? k2 : kMax2;   // NaN sticks (it fails the caller's bound)
+            int r = 0;
+            for (; r + 4 <= R; r += 4)
+            {
+                float* q0 = qs + (long)r * E;
+                float* q1 = q0 + E, q2 = q1 + E, q3 = q2 + E;
+                TV a0 = TW.Zero, a1 = TW.Zero, a2 = TW.Zero, a3 = TW.Zero;
+                for (int e = 0; e < eVec; e += W)
+                {
+                    var kv = TW.Load(kr + e);
+                    a0 = TW.Fma(TW.Load(q0 + e), kv, a0);
+                    a1 = TW.Fma(TW.Load(q1 + e), kv, a1);
+                    a2 = TW.Fma(TW.Load(q2 + e), kv, a2);
+                    a3 = TW.Fma(TW.Load(q3 + e), kv, a3);
+                }
+                float s0 = TW.Sum(a0), s1 = TW.Sum(a1), s2 = TW.Sum(a2), s3 = TW.Sum(a3);
+                for (int e = eVec; e < E; e++)
+                {
+                    float kx = kr[e];
+                    s0 += q0[e] * kx; s1 += q1[e] * kx; s2 += q2[e] * kx; s3 += q3[e] * kx;
+                }
+                sc[(long)r * DecodeKB + j] = s0; sc[(long)(r + 1) * DecodeKB + j] = s1;
+                sc[(long)(r + 2) * DecodeKB + j] = s2; sc[(long)(r + 3) * DecodeKB + j] = s3;
+            }
+            for (; r < R; r++)
+            {
+                float* q0 = qs + (long)r * E;
+                TV a0 = TW.Zero;
+                for (int e = 0; e < eVec; e += W) a0 = TW.Fma(TW.Load(q0 + e), TW.Load(kr + e), a0);
+                float s0 = TW.Sum(a0);
+                for (int e = eVec; e < E; e++) s0 += q0[e] * kr[e];
+                sc[(long)r * DecodeKB + j] = s0;
+            }
+        }
+        return kMax2;
+    }
+
+    /// <summary>Online-softmax step of one row of kn scores (entries to drop already −∞): m ← max(m, max row) (NaN scores
+    /// ignored by the max, but they reach l and acc through exp(NaN − m)), row ← e^(row − m), l ← l·e^(m_old−m) + Σ row,
+    /// acc ← acc·e^(m_old−m). A block of only −∞ and NaN with no finite m so far makes the row NaN when it has a NaN.</summary>
+    private static void DecodeSoftmaxRow<TW, TV>(float* row, int kn, ref float m, ref float l, float* accRow, int evPad) where TW : struct, IVec<TV> where TV : unmanaged
+    {
+        float bmax = float.NegativeInfinity;
+        bool nan = false;
+        for (int j = 0; j < kn; j++)
+        {
+            float x = row[j];
+            if (x > bmax) bmax = x;
+            nan |= float.IsNaN(x);
+        }
+        float mOld = m;
+        float mNew = Math.Max(mOld, bmax);   // Math.Max propagates a NaN m (then everything below is NaN)
+        if (float.IsNegativeInfinity(mNew))
+        {
+            if (nan) { m = float.NaN; l = float.NaN; }
+            new Span<float>(row, kn).Clear();
+            return;
+        }
+        m = mNew;
+        var span = new Span<float>(row, kn);
+        TensorPrimitives.Subtract(span, mNew, span);
+        TensorPrimitives.Exp(span, span);
+        float sum = TensorPrimitives.Sum<float>(span);
+        if (mNew == mOld) { l += sum; return; }
+        float corr = float.IsNegativeInfinity(mOld) ? 0f : MathF.Exp(mOld - mNew);
+        l = l * corr + sum;
+        var cv = TW.Splat(corr);
+        for (int e = 0; e < evPad; e += TW.Count) TW.Store(TW.Mul(TW.Load(accRow + e), cv), accRow + e);
+    }
+
+    /// <summary>acc[r] += Σ_j p[r·DecodeKB + j]·v[j] for r &lt; R, j &lt; kn: 4 keys per step, every V row loaded once for all
+    /// rows (the accumulators, R·evPad floats, stay in L1). Columns past Ev (to evPad) are read as zero.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void DecodePv<TW, TV>(float* p, int R, float* v, int Ev, int kn, float* acc, int evPad) where TW : struct, IVec<TV> where TV : unmanaged
+    {
+        int W = TW.Count;
+        int evVec = Ev - Ev % W;
+        int j = 0;
+        for (; j + 4 <= kn; j += 4)
+        {
+            float* v0 = v + (long)j * Ev, v1 = v0 + Ev, v2 = v1 + Ev, v3 = v2 + Ev;
+            for (int e = 0; e < evVec; e += W)
+            {
+                TV x0 = TW.Load(v0 + e), x1 = TW.Load(v1 + e), x2 = TW.Load(v2 + e), x3 = TW.Load(v3 + e);
+                for (int r = 0; r < R; r++)
+                {
+                    float* pr = p + (long)r * DecodeKB + j;
+                    float* ar = acc + (long)r * evPad + e;
+                    var t = TW.Fma(TW.Splat(pr[0]), x0, TW.Load(ar));
+                    t = TW.Fma(TW.Splat(pr[1]), x1, t);
+                    t = TW.Fma(TW.Splat(pr[2]), x2, t);
+                    TW.Store(TW.Fma(TW.Splat(pr[3]), x3, t), ar);
+                }
+            }
+            for (int e = evVec; e < Ev; e++)
+                for (int r = 0; r < R; r++)
+                {
+                    float* pr = p + (long)r * DecodeKB + j;
+                    acc[(long)r * evPad + e] += pr[0] * v0[e] + pr[1] * v1[e] + pr[2] * v2[e] + pr[3] * v3[e];
+                }
+        }
+        for (; j < kn; j++)
+        {
+            float* v0 = v + (long)j * Ev;
+            for (int e = 0; e < evVec; e += W)
+            {
+                TV x0 = TW.Load(v0 + e);
+                for (int r = 0; r < R; r++)
+                {
+                    float* ar = acc + (long)r * evPad + e;
+                    TW.Store(TW.Fma(TW.Splat(p[(long)r * DecodeKB + j]), x0, TW.Load(ar)), ar);
+                }
+            }
+            for (int e = evVec; e < Ev; e++)
+                for (int r = 0; r < R; r++) acc[(long)r * evPad + e] += p[(long)r * DecodeKB + j] * v0[e];
+        }
+    }
+
+    /// <summary>The vector operations the width-generic kernels use (static abstract, so each width is a specialised
+    /// instantiation with every call inlined).</summary>
+    internal interface IVec<TV> where TV : unmanaged
+    {
+        static abstract int Count { get; }
+        static abstract TV Zero { get; }
+        static abstract TV Load(float* p);
+        static abstract void Store(TV v, float* p);
+        static abstract TV Splat(float x);
+        static abstract TV Mul(TV a, TV b);
+        static abstract TV Fma(TV a, TV b, TV c);
+        static abstract float Sum(TV v);
+    }
+
+    internal struct W512 : IVec<Vector512<float>>
+    {
+        public static int Count => Vector512<float>.Count;
+        public static Vector512<float> Zero => Vector512<float>.Zero;
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> Load(float* p) => Vector512.Load(p);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static void Store(Vector512<float> v, float* p) => v.Store(p);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> Splat(float x) => Vector512.Create(x);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> Mul(Vector512<float> a, Vector512<float> b) => a * b;
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> Fma(Vector512<float> a, Vector512<float> b, Vector512<float> c) => Vector512.FusedMultiplyAdd(a, b, c);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static float Sum(Vector512<float> v) => Vector512.Sum(v);
+    }
+
+    internal struct W256 : IVec<Vector256<float>>
+    {
+        public static int Count => Vector256<float>.Count;
+        public static Vector256<float> Zero => Vector256<float>.Zero;
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector256<float> Load(float* p) => Vector256.Load(p);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static void Store(Vector256<float> v, float* p) => v.Store(p);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector256<float> Splat(float x) => Vector256.Create(x);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector256<float> Mul(Vector256<float> a, Vector256<float> b) => a * b;
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector256<float> Fma(Vector256<float> a, Vector256<float> b, Vector256<float> c) => Vector256.FusedMultiplyAdd(a, b, c);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static float Sum(Vector256<float> v) => Vector256.Sum(v);
+    }
+
+    internal struct W128 : IVec<Vector128<float>>
+    {
+        public static int Count => Vector128<float>.Count;
+        public static Vector128<float> Zero => Vector128<float>.Zero;
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector128<float> Load(float* p) => Vector128.Load(p);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static void Store(Vector128<float> v, float* p) => v.Store(p);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector128<float> Splat(float x) => Vector128.Create(x);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector128<float> Mul(Vector128<float> a, Vector128<float> b) => a * b;
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector128<float> Fma(Vector128<float> a, Vector128<float> b, Vector128<float> c) => Vector128.FusedMultiplyAdd(a, b, c);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static float Sum(Vector128<float> v) => Vector128.Sum(v);
+    }
+}
