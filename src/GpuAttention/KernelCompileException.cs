@@ -13,7 +13,7 @@ public sealed class KernelCompileException : Exception
         : base($"{compiler}: kernel {source} failed to compile ({error}; options: {options}); log:\n{log}", inner)
     {
         Compiler = compiler;
-        Source = source;
+        SourceName = source;
         Options = options;
         Log = log;
     }
@@ -22,7 +22,7 @@ public sealed class KernelCompileException : Exception
     public string Compiler { get; }
 
     /// <summary>The name of the kernel source (e.g. "sdpa.cl", or the kernel method for ILGPU).</summary>
-    public string Source { get; }
+    public string SourceName { get; }
 
     /// <summary>The compiler options (defines, architecture).</summary>
     public string Options { get; }
