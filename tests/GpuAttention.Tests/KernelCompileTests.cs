@@ -13,6 +13,7 @@ namespace GpuAttention.Tests;
 /// OpenCL is absent.
 /// </summary>
 [TestFixture]
+[Category("Slow")]   // a process, a compiler or a tuning run: skipped by the fast tier (--filter TestCategory!=Slow)
 public class KernelCompileTests
 {
     private static void RequireNvrtc()
