@@ -24,8 +24,7 @@ public sealed partial class Device
         Validation.Finite(alpha, "alpha"); Validation.Finite(beta, "beta");
         if (batched) Validation.Shape(c, "c", [batch, m, n], "[batch, M, N]");
         else Validation.Shape(c, "c", [m, n], "[M, N]");
-        Validation.NoAlias([(a, "a"), (c, "c")]);
-        Validation.NoAlias([(b, "b"), (c, "c")]);
+        Validation.NoAlias([(a, "a"), (b, "b")], [(c, "c")]);
         long sa = a.Rank == 3 && a.Dim(0) != 1 ? (long)m * k : 0, sb = b.Rank == 3 && b.Dim(0) != 1 ? (long)k * n : 0;
         int lda = transposeA ? m : k, ldb = transposeB ? k : n;
         GemmInternal(new GemmArgs(batch, m, n, k, transposeA, transposeB, alpha, beta, null!, 0, sa, lda, null!, 0, sb, ldb, null!, 0, (long)m * n, n), a, b, c);

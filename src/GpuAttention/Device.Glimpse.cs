@@ -24,7 +24,7 @@ public sealed partial class Device
         Validation.Rank(output, "out", 4, "rank 4 [N, C, h, w]");
         var s = ResolveGlimpseShape(image.Shape, parameters.Shape, output.Dim(2), output.Dim(3));
         Validation.Shape(output, "out", [s.N, s.C, s.Gh, s.Gw], "[N, C, h, w]");
-        Validation.NoAlias([(image, "image"), (parameters, "params"), (output, "out")]);
+        Validation.NoAlias([(image, "image"), (parameters, "params")], [(output, "out")]);
         Run(OpKind.Glimpse, [image, parameters], [output], (s, output, image, parameters), static (be, m, x) =>
         {
             if (x.output.Length == 0) return;
@@ -68,7 +68,7 @@ public sealed partial class Device
         Validation.Shape(gradOut, "grad_out", [s.N, s.C, s.Gh, s.Gw], "[N, C, h, w]");
         Validation.Shape(gradImage, "grad_image", [s.N, s.C, s.H, s.W], "[N, C, H, W]");
         Validation.Shape(gradParams, "grad_params", [s.N, 6], "[N, 6]");
-        Validation.NoAlias([(image, "image"), (parameters, "params"), (gradOut, "grad_out"), (gradImage, "grad_image"), (gradParams, "grad_params")]);
+        Validation.NoAlias([(image, "image"), (parameters, "params"), (gradOut, "grad_out")], [(gradImage, "grad_image"), (gradParams, "grad_params")]);
         Run(OpKind.GlimpseBackward, [image, parameters, gradOut], [gradImage, gradParams], (s, gradParams, gradImage, image, parameters, gradOut), static (be, m, x) =>
         {
             if (x.s.N == 0) return;
@@ -112,7 +112,7 @@ public sealed partial class Device
         var s = ResolveDrawShape(draw.Shape, 1, imageHeight, imageWidth, height, width);
         Validation.Shape(parameters, "params", [s.N, 6], "[N, 6]");
         Validation.Shape(gamma, "gamma", [s.N], "[N]");
-        Validation.NoAlias([(draw, "draw"), (parameters, "params"), (gamma, "gamma")]);
+        Validation.NoAlias([(draw, "draw")], [(parameters, "params"), (gamma, "gamma")]);
         Run(OpKind.Glimpse, [draw], [parameters, gamma], (s, draw, parameters, gamma), static (be, m, x) =>
         {
             if (x.s.N > 0) ((IGlimpseBackend)be).DrawParams(new DrawParamsArgs(x.s, m[x.draw]!, m[x.parameters]!, m[x.gamma]!));
@@ -134,7 +134,7 @@ public sealed partial class Device
         var s = ResolveDrawShape(draw.Shape, image.Dim(1), image.Dim(2), image.Dim(3), output.Dim(2), output.Dim(3));
         Validation.Shape(image, "image", [s.N, s.C, s.H, s.W], "[N, C, H, W]");
         Validation.Shape(output, "out", [s.N, s.C, s.Gh, s.Gw], "[N, C, h, w]");
-        Validation.NoAlias([(image, "image"), (draw, "draw"), (output, "out")]);
+        Validation.NoAlias([(image, "image"), (draw, "draw")], [(output, "out")]);
         Run(OpKind.Glimpse, [image, draw], [output], (s, output, image, draw), static (be, m, x) =>
         {
             if (x.output.Length == 0) return;
@@ -164,7 +164,7 @@ public sealed partial class Device
         Validation.Shape(gradOut, "grad_out", [s.N, s.C, s.Gh, s.Gw], "[N, C, h, w]");
         Validation.Shape(gradImage, "grad_image", [s.N, s.C, s.H, s.W], "[N, C, H, W]");
         Validation.Shape(gradDraw, "grad_draw", [s.N, 5], "[N, 5]");
-        Validation.NoAlias([(image, "image"), (draw, "draw"), (gradOut, "grad_out"), (gradImage, "grad_image"), (gradDraw, "grad_draw")]);
+        Validation.NoAlias([(image, "image"), (draw, "draw"), (gradOut, "grad_out")], [(gradImage, "grad_image"), (gradDraw, "grad_draw")]);
         Run(OpKind.GlimpseBackward, [image, draw, gradOut], [gradImage, gradDraw], (s, draw, image, gradOut, gradImage, gradDraw), static (be, m, x) =>
         {
             if (x.s.N == 0) return;

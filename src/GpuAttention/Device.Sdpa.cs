@@ -29,7 +29,7 @@ public sealed partial class Device
         CheckOwned(output, "out"); CheckOwned(lse, "lse");
         Validation.Shape(output, "out", [shape.B, shape.Hq, shape.L, shape.Ev], "[B, Hq, L, Ev]");
         Validation.Shape(lse, "lse", [shape.B, shape.Hq, shape.L], "[B, Hq, L]");
-        Validation.NoAlias([(q, "q"), (k, "k"), (v, "v"), (mask, "mask"), (output, "out"), (lse, "lse")]);
+        Validation.NoAlias([(q, "q"), (k, "k"), (v, "v"), (mask, "mask")], [(output, "out"), (lse, "lse")]);
         Run(OpKind.Sdpa, [q, k, v, mask], [output, lse], (shape, q, k, v, mask, output, lse), static (be, m, x) =>
             ((ISdpaBackend)be).SdpaForward(new SdpaForwardArgs(x.shape, m[x.q]!, m[x.k]!, m[x.v]!, m[x.mask], m[x.output]!, m[x.lse]!)),
             onCpu: shape.E == 0 || shape.Ev == 0);

@@ -39,8 +39,8 @@ public sealed partial class Device
         Validation.Shape(gradQ, "grad_q", [s.B, s.Hq, s.L, s.E], "[B, Hq, L, E]");
         Validation.Shape(gradK, "grad_k", [s.B, s.Hkv, s.S, s.E], "[B, Hkv, S, E]");
         Validation.Shape(gradV, "grad_v", [s.B, s.Hkv, s.S, s.Ev], "[B, Hkv, S, Ev]");
-        Validation.NoAlias([(q, "q"), (k, "k"), (v, "v"), (mask, "mask"), (output, "out"), (lse, "lse"), (gradOut, "grad_out"),
-            (gradQ, "grad_q"), (gradK, "grad_k"), (gradV, "grad_v")]);
+        Validation.NoAlias([(q, "q"), (k, "k"), (v, "v"), (mask, "mask"), (output, "out"), (lse, "lse"), (gradOut, "grad_out")],
+            [(gradQ, "grad_q"), (gradK, "grad_k"), (gradV, "grad_v")]);
         Run(OpKind.SdpaBackward, [q, k, v, mask, output, lse, gradOut], [gradQ, gradK, gradV], (s, q, k, v, mask, output, lse, gradOut, gradQ, gradK, gradV), static (be, m, x) =>
             ((ISdpaBackwardBackend)be).SdpaBackward(new SdpaBackwardArgs(x.s, m[x.q]!, m[x.k]!, m[x.v]!, m[x.mask], m[x.output]!, m[x.lse]!, m[x.gradOut]!,
                 m[x.gradQ]!, m[x.gradK]!, m[x.gradV]!)), onCpu: s.E == 0 || s.Ev == 0);

@@ -25,7 +25,7 @@ public sealed partial class Device
         int n = theta.Rank > 0 ? theta.Dim(0) : 0;
         ResolveAffineGrid(theta.ShapeArray, grid.Dim(1), grid.Dim(2));
         Validation.Shape(grid, "grid", [n, grid.Dim(1), grid.Dim(2), 2], "[N, H, W, 2]");
-        Validation.NoAlias([(theta, "theta"), (grid, "grid")]);
+        Validation.NoAlias([(theta, "theta")], [(grid, "grid")]);
         Run(OpKind.AffineGrid, [theta], [grid], (n, grid, alignCorners, theta), static (be, m, x) =>
             ((ISpatialBackend)be).AffineGrid(new AffineGridArgs(x.n, x.grid.Dim(1), x.grid.Dim(2), x.alignCorners, m[x.theta]!, m[x.grid]!)));
     }
@@ -53,7 +53,7 @@ public sealed partial class Device
         CheckOwned(gradGrid, "grad_grid"); CheckOwned(gradTheta, "grad_theta");
         var (n, h, w) = ResolveAffineGridBackward(gradGrid.ShapeArray, null);
         Validation.Shape(gradTheta, "grad_theta", [n, 2, 3], "[N, 2, 3]");
-        Validation.NoAlias([(gradGrid, "grad_grid"), (gradTheta, "grad_theta")]);
+        Validation.NoAlias([(gradGrid, "grad_grid")], [(gradTheta, "grad_theta")]);
         Run(OpKind.AffineGridBackward, [gradGrid], [gradTheta], (n, h, w, alignCorners, gradGrid, gradTheta), static (be, m, x) =>
             ((ISpatialBackend)be).AffineGridBackward(new AffineGridBackwardArgs(x.n, x.h, x.w, x.alignCorners, m[x.gradGrid]!, m[x.gradTheta]!)));
     }
@@ -89,7 +89,7 @@ public sealed partial class Device
         CheckOwned(input, "input"); CheckOwned(grid, "grid"); CheckOwned(output, "out");
         var s = ResolveGridSample(input.ShapeArray, grid.ShapeArray, options);
         Validation.Shape(output, "out", [s.N, s.C, s.Hout, s.Wout], "[N, C, Hout, Wout]");
-        Validation.NoAlias([(input, "input"), (grid, "grid"), (output, "out")]);
+        Validation.NoAlias([(input, "input"), (grid, "grid")], [(output, "out")]);
         Run(OpKind.GridSample, [input, grid], [output], (s, input, grid, output), static (be, m, x) =>
             ((ISpatialBackend)be).GridSample(new GridSampleArgs(x.s, m[x.input]!, m[x.grid], null, m[x.output]!)));
     }
@@ -131,7 +131,7 @@ public sealed partial class Device
         Validation.Shape(gradOut, "grad_out", [s.N, s.C, s.Hout, s.Wout], "[N, C, Hout, Wout]");
         Validation.Shape(gradInput, "grad_input", [s.N, s.C, s.H, s.W], "[N, C, H, W]");
         Validation.Shape(gradGrid, "grad_grid", [s.N, s.Hout, s.Wout, 2], "[N, Hout, Wout, 2]");
-        Validation.NoAlias([(input, "input"), (grid, "grid"), (gradOut, "grad_out"), (gradInput, "grad_input"), (gradGrid, "grad_grid")]);
+        Validation.NoAlias([(input, "input"), (grid, "grid"), (gradOut, "grad_out")], [(gradInput, "grad_input"), (gradGrid, "grad_grid")]);
         Run(OpKind.GridSampleBackward, [input, grid, gradOut], [gradInput, gradGrid], (s, input, grid, gradOut, gradInput, gradGrid, options), static (be, m, x) =>
             ((ISpatialBackend)be).GridSampleBackward(new GridSampleBackwardArgs(x.s, m[x.input]!, m[x.grid], null, m[x.gradOut]!, m[x.gradInput]!, m[x.gradGrid], null,
                 x.options.Backward == GridSampleBackwardMode.Atomic)));
@@ -164,7 +164,7 @@ public sealed partial class Device
         Validation.Rank(output, "out", 4, "rank 4 [N, C, Hout, Wout]");
         var s = ResolveSpatialTransform(input.ShapeArray, theta.ShapeArray, output.Dim(2), output.Dim(3), options);
         Validation.Shape(output, "out", [s.N, s.C, s.Hout, s.Wout], "[N, C, Hout, Wout]");
-        Validation.NoAlias([(input, "input"), (theta, "theta"), (output, "out")]);
+        Validation.NoAlias([(input, "input"), (theta, "theta")], [(output, "out")]);
         Run(OpKind.GridSample, [input, theta], [output], (s, input, theta, output), static (be, m, x) =>
             ((ISpatialBackend)be).GridSample(new GridSampleArgs(x.s, m[x.input]!, null, m[x.theta], m[x.output]!)));
     }
@@ -196,7 +196,7 @@ public sealed partial class Device
         Validation.Shape(gradOut, "grad_out", [s.N, s.C, s.Hout, s.Wout], "[N, C, Hout, Wout]");
         Validation.Shape(gradInput, "grad_input", [s.N, s.C, s.H, s.W], "[N, C, H, W]");
         Validation.Shape(gradTheta, "grad_theta", [s.N, 2, 3], "[N, 2, 3]");
-        Validation.NoAlias([(input, "input"), (theta, "theta"), (gradOut, "grad_out"), (gradInput, "grad_input"), (gradTheta, "grad_theta")]);
+        Validation.NoAlias([(input, "input"), (theta, "theta"), (gradOut, "grad_out")], [(gradInput, "grad_input"), (gradTheta, "grad_theta")]);
         Run(OpKind.GridSampleBackward, [input, theta, gradOut], [gradInput, gradTheta], (s, input, theta, gradOut, gradInput, gradTheta, options), static (be, m, x) =>
             ((ISpatialBackend)be).GridSampleBackward(new GridSampleBackwardArgs(x.s, m[x.input]!, null, m[x.theta], m[x.gradOut]!, m[x.gradInput]!, null, m[x.gradTheta],
                 x.options.Backward == GridSampleBackwardMode.Atomic)));

@@ -189,8 +189,8 @@ public sealed partial class Device : IDisposable
             be = Backend;
             IDeviceBuffer buffer;
             try { buffer = be.Allocate(n); }
-            catch (Exception e) when (e is OutOfMemoryException || e is Backends.OpenCL.Native.OpenClException { Error: -4 or -5 or -6 }
-                                      || e is Backends.Cuda.Native.CudaException { Error: 2 })
+            catch (Exception e) when (e is OutOfMemoryException || e is OpenClException { Error: -4 or -5 or -6 }
+                                      || e is CudaException { Error: 2 })
             {
                 throw new OutOfMemoryException($"{Spec}: out of memory allocating tensor {TensorShapeException.Format(copy)} ({n * sizeof(float)} bytes)", e);
             }

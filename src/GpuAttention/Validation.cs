@@ -14,13 +14,23 @@ internal static class Validation
             throw new TensorShapeException(name, $"{symbolic} = {TensorShapeException.Format(shape)}", t.ToString());
     }
 
-    /// <summary>Outputs must not be the same tensor as any input or another output.</summary>
-    public static void NoAlias(ReadOnlySpan<(Tensor? t, string name)> all)
+    /// <summary>
+    /// The aliasing rule of every op: inputs may be the same tensor as each other (self-attention <c>Sdpa(x, x, x)</c>,
+    /// <c>Gemm(a, a)</c>); an output may not be the same tensor as an input or as another output.
+    /// </summary>
+    public static void NoAlias(ReadOnlySpan<(Tensor? t, string name)> inputs, ReadOnlySpan<(Tensor? t, string name)> outputs)
     {
-        for (int i = 0; i < all.Length; i++)
-            for (int j = i + 1; j < all.Length; j++)
-                if (all[i].t is not null && ReferenceEquals(all[i].t, all[j].t))
-                    throw new ArgumentException($"{all[j].name}: must not be the same tensor as {all[i].name}", all[j].name);
+        for (int o = 0; o < outputs.Length; o++)
+        {
+            var (t, name) = outputs[o];
+            if (t is null) continue;
+            foreach (var (i, iname) in inputs)
+                if (ReferenceEquals(t, i))
+                    throw new ArgumentException($"{name}: must not be the same tensor as the input {iname} (an output may not alias an input)", name);
+            for (int p = 0; p < o; p++)
+                if (ReferenceEquals(t, outputs[p].t))
+                    throw new ArgumentException($"{name}: must not be the same tensor as the output {outputs[p].name}", name);
+        }
     }
 
     public static void Finite(float x, string name)

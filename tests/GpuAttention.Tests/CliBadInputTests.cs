@@ -9,6 +9,7 @@ namespace GpuAttention.Tests;
 /// (float64) and of the wrong rank, an unknown option and an unknown backend. Each gives exit 1 (2 for usage errors), one
 /// line on stderr naming the tensor, no stack trace, and nothing in the output folder. Also the soak command's usage errors.
 /// </summary>
+[Category("Slow")]   // a process, a compiler or a tuning run: skipped by the fast tier (--filter TestCategory!=Slow)
 public class CliBadInputTests
 {
     private string _in = null!, _out = null!;

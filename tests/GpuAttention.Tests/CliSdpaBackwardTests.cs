@@ -6,6 +6,7 @@ using NUnit.Framework;
 namespace GpuAttention.Tests;
 
 /// <summary>`gpuattention run sdpa-backward` as a process: files in, gradients out, bad input rejected.</summary>
+[Category("Slow")]   // a process, a compiler or a tuning run: skipped by the fast tier (--filter TestCategory!=Slow)
 public class CliSdpaBackwardTests
 {
     private string _in = null!, _out = null!;

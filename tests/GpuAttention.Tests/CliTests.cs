@@ -6,6 +6,7 @@ using NUnit.Framework;
 namespace GpuAttention.Tests;
 
 /// <summary>The CLI as a user runs it: files in, files out, exit codes and one-line errors.</summary>
+[Category("Slow")]   // a process, a compiler or a tuning run: skipped by the fast tier (--filter TestCategory!=Slow)
 public class CliTests
 {
     private string _in = null!, _out = null!;

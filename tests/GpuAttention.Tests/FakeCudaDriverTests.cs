@@ -14,6 +14,7 @@ namespace GpuAttention.Tests;
 /// </summary>
 [TestFixture]
 [NonParallelizable]
+[Category("Slow")]   // a process, a compiler or a tuning run: skipped by the fast tier (--filter TestCategory!=Slow)
 public class FakeCudaDriverTests
 {
     private string _dir = null!;

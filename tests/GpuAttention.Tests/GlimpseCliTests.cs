@@ -6,6 +6,7 @@ using NUnit.Framework;
 namespace GpuAttention.Tests;
 
 /// <summary>`run glimpse` and `run glimpse-backward` as a user runs them: files in, files out, exit codes, one-line errors.</summary>
+[Category("Slow")]   // a process, a compiler or a tuning run: skipped by the fast tier (--filter TestCategory!=Slow)
 public class GlimpseCliTests
 {
     private string _in = null!, _out = null!;

@@ -5,6 +5,7 @@ using NUnit.Framework;
 namespace GpuAttention.Tests;
 
 /// <summary>`gpuattention run affine-grid[-backward]` and `grid-sample[-backward]` as a user runs them.</summary>
+[Category("Slow")]   // a process, a compiler or a tuning run: skipped by the fast tier (--filter TestCategory!=Slow)
 public class SpatialCliTests
 {
     private string _in = null!, _out = null!;

@@ -12,6 +12,7 @@ namespace GpuAttention.Tests;
 /// Each test uses its own temporary GPUATTENTION_TUNING_DIR (never the real home cache). OpenCL tests skip without OpenCL.
 /// </summary>
 [NonParallelizable]
+[Category("Slow")]   // a process, a compiler or a tuning run: skipped by the fast tier (--filter TestCategory!=Slow)
 public class TuningTests
 {
     private string _dir = null!;

@@ -4,6 +4,7 @@ using NUnit.Framework;
 namespace GpuAttention.Tests;
 
 /// <summary>`gpuattention verify` and the CUDA lines of `gpuattention devices`, run as a user runs them.</summary>
+[Category("Slow")]   // a process, a compiler or a tuning run: skipped by the fast tier (--filter TestCategory!=Slow)
 public class VerifyCliTests
 {
     /// <summary>Every op of the library, forward and backward, as `verify` names its rows.</summary>

@@ -1,12 +1,26 @@
+using System.Buffers;
 using System.Runtime.InteropServices;
 
 namespace GpuAttention.Backends.Cpu;
 
-/// <summary>64-byte aligned native memory (so tensors may pass 2³¹ elements and SIMD loads are aligned).</summary>
+/// <summary>64-byte aligned native memory (so tensors may pass 2³¹ elements and SIMD loads are aligned), or caller memory
+/// pinned for the buffer's life (<see cref="Device.Wrap(Memory{float}, int[])"/>: no copy; only float-aligned).</summary>
 internal sealed unsafe class CpuBuffer : IDeviceBuffer
 {
     private nint _ptr;
     private readonly long _bytes;
+    private MemoryHandle _pin;
+    private readonly bool _external;
+
+    /// <summary>A buffer over caller memory: <paramref name="pin"/> keeps it in place until <see cref="Dispose"/>, which unpins
+    /// it and frees nothing.</summary>
+    public CpuBuffer(MemoryHandle pin, long length)
+    {
+        _pin = pin;
+        _external = true;
+        Length = length;
+        _ptr = length == 0 && pin.Pointer == null ? (nint)1 : (nint)pin.Pointer;   // an empty buffer still reads as live
+    }
 
     public CpuBuffer(long length)
     {
@@ -42,7 +56,8 @@ internal sealed unsafe class CpuBuffer : IDeviceBuffer
     public void Dispose()
     {
         var p = Interlocked.Exchange(ref _ptr, 0);
-        if (p != 0)
+        if (p != 0 && _external) _pin.Dispose();
+        else if (p != 0)
         {
             NativeMemory.AlignedFree((void*)p);
             Diagnostics.NativeResources.CpuBufferReleased(_bytes);

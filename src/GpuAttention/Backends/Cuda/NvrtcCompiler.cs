@@ -3,20 +3,6 @@ using GpuAttention.Backends.Cuda.Native;
 
 namespace GpuAttention.Backends.Cuda;
 
-/// <summary>NVRTC failed to compile a kernel source; the message holds the options and the full compile log.</summary>
-public sealed class NvrtcCompileException : Exception
-{
-    /// <summary>Creates the exception for <paramref name="source"/> compiled with <paramref name="options"/>.</summary>
-    public NvrtcCompileException(string source, string options, string log, string error)
-        : base($"nvrtc: nvrtcCompileProgram failed with {error} for {source} (options: {options}); log:\n{log}")
-    {
-        Log = log;
-    }
-
-    /// <summary>NVRTC's program log.</summary>
-    public string Log { get; }
-}
-
 /// <summary>Compiles CUDA C++ to PTX with NVRTC (no GPU needed). Thread-safe (each call has its own nvrtcProgram).</summary>
 internal static unsafe class NvrtcCompiler
 {
@@ -25,7 +11,7 @@ internal static unsafe class NvrtcCompiler
     /// NVRTC <paramref name="options"/> and returns the PTX text.
     /// </summary>
     /// <exception cref="BackendUnavailableException">NVRTC is not installed; the message says which libraries were probed.</exception>
-    /// <exception cref="NvrtcCompileException">The source did not compile; the message holds NVRTC's log.</exception>
+    /// <exception cref="KernelCompileException">The source did not compile; the message holds NVRTC's log.</exception>
     public static string Compile(string source, string name, IReadOnlyList<string> options)
     {
         if (!Nvrtc.TryLoad(out var reason)) throw new BackendUnavailableException(reason!);
@@ -50,7 +36,7 @@ internal static unsafe class NvrtcCompiler
             foreach (var h in handles) h.Free();
         }
         if (err != Nvrtc.NVRTC_SUCCESS)
-            throw new NvrtcCompileException(name, string.Join(" ", options), Log(program), Nvrtc.ErrorString(err));
+            throw new KernelCompileException("nvrtc", name, string.Join(" ", options), Log(program), "nvrtcCompileProgram: " + Nvrtc.ErrorString(err));
 
         nuint size;
         Nvrtc.Check(Nvrtc.nvrtcGetPTXSize(program.Raw, &size), "nvrtcGetPTXSize");

@@ -82,7 +82,7 @@ internal sealed class PtxCache
     }
 
     /// <summary>The PTX of <c>kernels/<paramref name="file"/></c> with <paramref name="defines"/> for compute_<paramref name="arch"/>.</summary>
-    /// <exception cref="NvrtcCompileException">The kernel does not compile (with NVRTC's log).</exception>
+    /// <exception cref="KernelCompileException">The kernel does not compile (with NVRTC's log).</exception>
     /// <exception cref="BackendUnavailableException">NVRTC is missing.</exception>
     public string Get(string file, string defines, int arch)
     {

@@ -3,20 +3,6 @@ using GpuAttention.Backends.OpenCL.Native;
 
 namespace GpuAttention.Backends.OpenCL;
 
-/// <summary>A kernel source failed to compile; the message holds the full build log.</summary>
-public sealed class KernelBuildException : Exception
-{
-    /// <summary>Creates the exception for <paramref name="source"/> built with <paramref name="options"/>.</summary>
-    public KernelBuildException(string source, string options, string log, int error)
-        : base($"opencl: clBuildProgram failed with {Cl.ErrorName(error)} for {source} (options: {options}); build log:\n{log}")
-    {
-        BuildLog = log;
-    }
-
-    /// <summary>The compiler's build log.</summary>
-    public string BuildLog { get; }
-}
-
 /// <summary>
 /// Programs compiled from <see cref="KernelSources.WithPrelude"/> with -D defines, cached per
 /// (source file, defines) for the one device/context of its backend (CLBlast style), and the kernel
@@ -62,7 +48,7 @@ internal sealed unsafe class ProgramCache : IDisposable
         }
     }
 
-    /// <summary>Compiles arbitrary OpenCL C (uncached). Throws <see cref="KernelBuildException"/> with the build log on a compile error.</summary>
+    /// <summary>Compiles arbitrary OpenCL C (uncached). Throws <see cref="KernelCompileException"/> with the build log on a compile error.</summary>
     public ClProgram Build(string source, string options, string name = "<source>")
     {
         var bytes = Encoding.UTF8.GetBytes(source);
@@ -84,7 +70,7 @@ internal sealed unsafe class ProgramCache : IDisposable
             if (err != Cl.CL_SUCCESS)
             {
                 string log = BuildLog(program);
-                if (err == Cl.CL_BUILD_PROGRAM_FAILURE || log.Length > 0) throw new KernelBuildException(name, options, log, err);
+                if (err == Cl.CL_BUILD_PROGRAM_FAILURE || log.Length > 0) throw new KernelCompileException("opencl", name, options, log, "clBuildProgram: " + Cl.ErrorName(err));
                 Cl.Check(err, "clBuildProgram");
             }
             GC.KeepAlive(_context);

@@ -15,7 +15,7 @@ internal sealed record TuningKnob(string Name, int[] Values, bool IsDefine = tru
 /// define-choosing code in <c>KernelBackend.&lt;Family&gt;.cs</c> (knobs = its <c>#ifndef</c> defines, <see cref="DefaultOf"/> = the
 /// current choice, <see cref="InvalidOf"/> = its limits), make that code take its values from
 /// <see cref="KernelBackend.Tuned"/>(space, key) instead of the fixed choice, add the space to <see cref="TuningSpaces.All"/>, and add
-/// a <see cref="TuningWorkload"/> (representative shape, reference check, work per run) to <c>Tuning/TuningWorkloads.cs</c>.
+/// a <c>TuningWorkload</c> (GpuAttention.Tools) (representative shape, reference check, work per run) to <c>Tuning/TuningWorkloads.cs</c>.
 /// Results are stored per <em>key</em>: a family whose best tiles depend on a shape class (SDPA: the head dim) tunes one workload
 /// per key ("E64", "E128", ...) and passes the key of the call's shape to <see cref="KernelBackend.Tuned"/>; the others use
 /// <see cref="AnyKey"/>.
