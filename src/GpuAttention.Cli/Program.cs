@@ -26,7 +26,7 @@ public static partial class Program
     /// <summary>The root command with every subcommand, --help and --version.</summary>
     internal static RootCommand BuildRoot()
     {
-        var root = new RootCommand("attention kernels (SDPA forward and backward, affine_grid, grid_sample, Gaussian glimpses) "
+        var root = new RootCommand("Attention kernels (SDPA, affine_grid, grid_sample, glimpses; forward and backward) "
             + "on NumPy files.");
         foreach (var c in Commands()) root.Subcommands.Add(c);
         foreach (var h in root.Options.OfType<HelpOption>())
@@ -90,7 +90,8 @@ public static partial class Program
         {
             if (parseResult.CommandResult.Command is not RootCommand root) return standard.Invoke(parseResult);
             var o = Console.Out;
-            o.WriteLine($"gpuattention {Version}: {root.Description}");
+            o.WriteLine($"gpuattention {Version}");
+            o.WriteLine(root.Description);
             o.WriteLine();
             o.WriteLine("Usage:");
             o.WriteLine("  gpuattention COMMAND [options]");

@@ -52,7 +52,7 @@ internal static class RunCommand
         var outDir = CliOptions.Text("--out", "Folder for the output .npy files, created if needed (required).", "DIR");
         var causal = CliOptions.Flag("--causal", "sdpa: key j is kept for query i when j <= i (top-left aligned).");
         var scale = CliOptions.Number("--scale", "sdpa: the score scale (default 1/sqrt(E)).", "X");
-        var size = CliOptions.Parsed<int[]?>("--size", "affine-grid (required), affine-grid-backward: the grid's height and width; glimpse (required), glimpse-backward: the glimpse size.", "H,W", ParseSize, null);
+        var size = CliOptions.Parsed<(int H, int W)?>("--size", "affine-grid (required), affine-grid-backward: the grid's height and width; glimpse (required), glimpse-backward: the glimpse size.", "H,W", ParseSize, null);
         var align = CliOptions.Flag("--align-corners", "affine-grid, grid-sample: -1 and 1 are the centres of the corner pixels.");
         var mode = CliOptions.Choice("--mode", "grid-sample: interpolation", "bilinear", "bilinear", "nearest");
         var padding = CliOptions.Choice("--padding", "grid-sample: values outside the input", "zeros", "zeros", "border", "reflection");
@@ -73,7 +73,7 @@ internal static class RunCommand
                 OutDir = r.GetValue(outDir) ?? throw new UsageException("--out DIR is required"),
                 Causal = r.GetValue(causal),
                 Scale = r.GetValue(scale) is double s ? (float)s : null,
-                Size = r.GetValue(size),
+                Size = r.GetValue(size) is (int h, int w) ? [h, w] : null,
                 AlignCorners = r.GetValue(align),
                 Mode = r.GetValue(mode)!,
                 Padding = r.GetValue(padding)!,
@@ -86,13 +86,13 @@ internal static class RunCommand
         return cmd;
     }
 
-    private static int[]? ParseSize(string v)
+    private static (int H, int W)? ParseSize(string v)
     {
         var parts = v.Split(',');
         if (parts.Length != 2 || !int.TryParse(parts[0], NumberStyles.Integer, CultureInfo.InvariantCulture, out int h)
             || !int.TryParse(parts[1], NumberStyles.Integer, CultureInfo.InvariantCulture, out int w) || h <= 0 || w <= 0)
             throw new FormatException($"expected H,W with positive integers, got '{v}'");
-        return [h, w];
+        return (h, w);
     }
 
     private static int Run(ICliOp op, RunOptions o)

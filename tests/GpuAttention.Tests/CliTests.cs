@@ -108,14 +108,14 @@ public class DemoCliTests
             Assert.That(so, Does.Contain("sdpa"));
             var overview = Path.Combine(dir, "sdpa_overview.png");
             Assert.That(File.Exists(overview), Is.True);
-            var img = GpuAttention.Imaging.Image.Load(overview);
+            var img = GpuAttention.Cli.Imaging.Image.Load(overview);
             Assert.That(img.Width, Is.GreaterThan(img.Height));
             foreach (var name in (string[])["sdpa_training.png", "glimpse_1.png", "glimpse_4.png", "glimpse_overview.png", "glimpse_learning.png",
                                             "spatial_crops.png", "spatial_learning.png"])
             {
                 var path = Path.Combine(dir, name);
                 Assert.That(File.Exists(path), Is.True, name);
-                var pic = GpuAttention.Imaging.Image.Load(path);
+                var pic = GpuAttention.Cli.Imaging.Image.Load(path);
                 Assert.That(pic.Channels, Is.EqualTo(3), name);
                 Assert.That(pic.Data.Max() - pic.Data.Min(), Is.GreaterThan(0.5f), $"{name} is nearly uniform");
             }

@@ -1,7 +1,7 @@
 using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;
-using GpuAttention.Imaging;
+using GpuAttention.Cli.Imaging;
 using Spectre.Console;
 
 namespace GpuAttention.Cli;
