@@ -49,7 +49,10 @@ internal static class CliOptions
             return v;
         }, null);
 
-    /// <summary>A comma-separated list of words, each one of <paramref name="known"/> when given.</summary>
+    /// <summary>
+    /// A comma-separated list of words, each one of <paramref name="known"/> when given. Absent, System.CommandLine gives an
+    /// empty array (not null) for an array-typed option: callers treat empty as absent.
+    /// </summary>
     public static Option<string[]?> List(string name, string description, string helpName, IReadOnlyCollection<string>? known = null) =>
         Parsed<string[]?>(name, description, helpName, s =>
         {

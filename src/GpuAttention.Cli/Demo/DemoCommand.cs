@@ -98,15 +98,21 @@ public static class DemoCommand
                 r.Ok switch { true => "[green]ok[/]", false => "[red]FAIL[/]", null => "-" });
         }
         console.Write(table);
+        // Below the table: on a terminal through Spectre (colours, wrapped to the window); redirected as plain lines, unwrapped.
+        void Line(string markup)
+        {
+            if (DemoConsole.IsTerminal) console.MarkupLine(markup);
+            else Console.Out.WriteLine(Markup.Remove(markup));
+        }
         for (int i = 0; i < ctx.Rows.Count; i++)
-            console.MarkupLine($"{i + 1,3}  {Markup.Escape(ctx.Rows[i].Op)}: [grey]{Markup.Escape(ctx.Rows[i].Shape)}[/]");
+            Line($"{i + 1,3}  {Markup.Escape(ctx.Rows[i].Op)}: [grey]{Markup.Escape(ctx.Rows[i].Shape)}[/]");
         if (ctx.Rows.Any(r => r.Fallback))
-            console.MarkupLine("[grey]* no kernel on this device for the op: it ran on the cpu backend, with copies[/]");
-        console.MarkupLine($"[grey]ms: median of {ctx.Options.Repeat} synchronised runs without copies; errors against the double-precision reference, "
+            Line("[grey]* no kernel on this device for the op: it ran on the cpu backend, with copies[/]");
+        Line($"[grey]ms: median of {ctx.Options.Repeat} synchronised runs without copies; errors against the double-precision reference, "
             + $"rel err = max err / largest reference magnitude, ok when ≤ {DemoRow.Tolerance:g2}[/]");
-        foreach (var note in ctx.Notes) console.MarkupLine($"[grey]{Markup.Escape(note)}[/]");
-        console.MarkupLine($"[bold]files written[/] to {Markup.Escape(Path.GetFullPath(ctx.Options.OutDir))}:");
-        foreach (var (file, what) in ctx.Files) console.MarkupLine($"  {Markup.Escape(Path.GetFileName(file))}  [grey]{Markup.Escape(what)}[/]");
+        foreach (var note in ctx.Notes) Line($"[grey]{Markup.Escape(note)}[/]");
+        Line($"[bold]files written[/] to {Markup.Escape(Path.GetFullPath(ctx.Options.OutDir))}:");
+        foreach (var (file, what) in ctx.Files) Line($"  {Markup.Escape(Path.GetFileName(file))}  [grey]{Markup.Escape(what)}[/]");
     }
 
     /// <summary>"grid_sample backward (input, grid)" → "grid_sample bwd": the table's op column.</summary>

@@ -35,7 +35,7 @@ internal static class TuneCommand
             + "against the reference, then timed (median); the winners go to a per-device cache that the backend reads when it opens: "
             + "$GPUATTENTION_TUNING_DIR, else $XDG_CACHE_HOME/gpuattention/tuning, else ~/.cache/gpuattention/tuning.")
         { backendOpt, opOpt, budgetOpt, repeatOpt, dryOpt, showOpt };
-        cmd.SetAction(r => Run(r.GetValue(backendOpt), r.GetValue(opOpt), r.GetValue(budgetOpt) ?? 120, r.GetValue(repeatOpt), r.GetValue(dryOpt), r.GetValue(showOpt)));
+        cmd.SetAction(r => Run(r.GetValue(backendOpt), r.GetValue(opOpt) is { Count: > 0 } ops ? ops : null, r.GetValue(budgetOpt) ?? 120, r.GetValue(repeatOpt), r.GetValue(dryOpt), r.GetValue(showOpt)));
         return cmd;
     }
 

@@ -23,7 +23,7 @@ internal static class VerifyCommand
         var cmd = new Command("verify", "Checks every op on one backend against the double-precision reference. One row per case; "
             + "the last line is 'N passed, N failed' (exit 0 only when every case passed).")
         { backendOpt, seedOpt, onlyOpt, perturbOpt };
-        cmd.SetAction(r => Run(r.GetValue(backendOpt)!, r.GetValue(seedOpt), r.GetValue(onlyOpt)?.ToHashSet(StringComparer.OrdinalIgnoreCase), r.GetValue(perturbOpt)));
+        cmd.SetAction(r => Run(r.GetValue(backendOpt)!, r.GetValue(seedOpt), r.GetValue(onlyOpt) is { Length: > 0 } only ? only.ToHashSet(StringComparer.OrdinalIgnoreCase) : null, r.GetValue(perturbOpt)));
         return cmd;
     }
 
@@ -52,7 +52,7 @@ internal static class VerifyCommand
             catch (Exception e)
             {
                 ok = false;
-                detail = $"error: {e.GetType().Name}: {e.Message.ReplaceLineEndings(" ")}";
+                detail = $"error: {e.GetType().Name}: {CliErrors.Clean(e)}";
             }
             if (ok) passed++; else failed++;
             Console.Out.WriteLine($"{c.Op,-26} {c.Shape,-56} {detail}  {(ok ? "PASS" : "FAIL")}");
