@@ -55,7 +55,7 @@ public static partial class Program
         if (args is ["help", .. var rest]) args = [.. rest, "--help"];
         var root = BuildRoot();
         ParseResult parse;
-        try { parse = root.Parse(args); }
+        try { parse = root.Parse(args, new ParserConfiguration { ResponseFileTokenReplacer = null }); }   // "@x" is a value, not a response file
         catch (Exception e) { return CliErrors.Fail(2, CliErrors.Clean(e)); }
         string path = CommandPath(parse.CommandResult);
 
