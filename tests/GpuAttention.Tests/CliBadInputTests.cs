@@ -126,7 +126,7 @@ public class CliBadInputTests
         AssertOneLineFailure(2, "--pixels: expected an integer in 16..65536, got '3'", ["demo", "--pixels", "3"]);
         AssertOneLineFailure(2, "demo: unknown option '--colour'", ["demo", "--colour"]);
         AssertOneLineFailure(2, "--backend", ["demo", "--backend", "gpu", "--out", _out]);
-        AssertOneLineFailure(2, "--budget: expected a number > 0, got '0'", ["tune", "--budget", "0"]);
+        AssertOneLineFailure(2, "--budget: expected a number of seconds > 0, got '0'", ["tune", "--budget", "0"]);
         AssertOneLineFailure(2, "--op: unknown op 'conv'", ["tune", "--op", "conv"]);
         AssertOneLineFailure(2, "only opencl[:K] and cuda[:K]", ["tune", "--backend", "cpu", "--dry-run"]);
         AssertOneLineFailure(2, "devices: unexpected argument 'all'", ["devices", "all"]);

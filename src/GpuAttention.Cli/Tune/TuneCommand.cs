@@ -27,7 +27,9 @@ internal static class TuneCommand
         var backendOpt = CliOptions.Backend(null, "tune: opencl[:K] or cuda[:K]");
         var opOpt = CliOptions.Parsed<List<string>?>("--op", "Only these kernel families, comma-separated: gemm, grid-sample (also spatial, affine-grid), glimpse.",
             "OP,...", ParseOps, null);
-        var budgetOpt = CliOptions.Number("--budget", "Seconds to spend over all families (default 120).", "SECONDS", 0, exclusive: true);
+        var budgetOpt = CliOptions.Parsed<double?>("--budget", "Seconds to spend over all families (default 120).", "SECONDS",
+            v => double.TryParse(v, NumberStyles.Float, CultureInfo.InvariantCulture, out var b) && double.IsFinite(b) && b > 0
+                ? b : throw new FormatException($"expected a number of seconds > 0, got '{v}'"), null);
         var repeatOpt = CliOptions.Int("--repeat", "Timed runs per candidate (median).", 1, 5);
         var dryOpt = CliOptions.Flag("--dry-run", "Print the search spaces and the order of the candidates; run and write nothing.");
         var showOpt = CliOptions.Flag("--show", "Print where the tuning cache is and what it holds (for --backend's device, else every file).");
