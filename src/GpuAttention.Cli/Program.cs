@@ -21,6 +21,7 @@ public static partial class Program
         yield return DemoCommand.Build();
         yield return Soak.SoakCommand.Build();
         yield return Tune.TuneCommand.Build();
+        yield return Ptx.PtxCommand.Build();
     }
 
     /// <summary>The root command with every subcommand, --help and --version.</summary>

@@ -130,6 +130,8 @@ public class CliBadInputTests
         AssertOneLineFailure(2, "--op: unknown op 'conv'", ["tune", "--op", "conv"]);
         AssertOneLineFailure(2, "only opencl[:K] and cuda[:K]", ["tune", "--backend", "cpu", "--dry-run"]);
         AssertOneLineFailure(2, "devices: unexpected argument 'all'", ["devices", "all"]);
+        AssertOneLineFailure(2, "ptx: expected --arch", ["ptx"]);
+        AssertOneLineFailure(2, "--arch: expected sm_80 or sm_90, got 'sm_70'", ["ptx", "--arch", "sm_70", "--out", _out]);
     }
 
     [Test]
@@ -161,6 +163,7 @@ public class CliBadInputTests
     [TestCase("demo", "--backend", "--image", "--out", "--pixels", "--repeat")]
     [TestCase("soak", "--backend", "--minutes", "--iterations", "--interval", "--case", "--skip", "--list")]
     [TestCase("tune", "--backend", "--op", "--budget", "--repeat", "--dry-run", "--show")]
+    [TestCase("ptx", "--arch", "--out", "--report")]
     public void EveryCommandHasHelp(string command, params string[] mentions)
     {
         foreach (var flag in new[] { "--help", "-h" })
@@ -186,7 +189,7 @@ public class CliBadInputTests
     {
         var (code, so, se) = CliRunner.Run("--help");
         Assert.That(code, Is.Zero, se);
-        foreach (var c in new[] { "run", "devices", "verify", "demo", "soak", "tune" })
+        foreach (var c in new[] { "run", "devices", "verify", "demo", "soak", "tune", "ptx" })
             Assert.That(so.Split('\n').Count(l => l.StartsWith("  " + c + " ", StringComparison.Ordinal)), Is.EqualTo(1), $"{c}:\n{so}");
         Assert.That(so.Split('\n').Max(l => l.TrimEnd().Length), Is.LessThanOrEqualTo(100), so);
     }
