@@ -26,14 +26,16 @@ internal static class CliRunner
         return (p.ExitCode, so.Result, se.Result);
     }
 
-    /// <summary>Runs the CLI and asserts a clean failure: the exit code, a message that mentions <paramref name="mustMention"/>
-    /// on stderr, no stack trace, and nothing written to <paramref name="outDir"/>.</summary>
+    /// <summary>Runs the CLI and asserts a clean failure: the exit code, exactly one line on stderr that mentions
+    /// <paramref name="mustMention"/>, no stack trace, no .NET tail, and nothing written to <paramref name="outDir"/>.</summary>
     public static void AssertFails(string outDir, int expectedCode, string mustMention, params string[] args)
     {
         var (code, so, se) = Run(args);
         Assert.That(code, Is.EqualTo(expectedCode), $"stdout: {so}\nstderr: {se}");
         Assert.That(se, Does.Contain(mustMention));
         Assert.That(se, Does.Not.Contain("   at "), "no stack trace");
+        Assert.That(se.TrimEnd('\n', '\r').Split('\n'), Has.Length.EqualTo(1), "one line: " + se);
+        Assert.That(se, Does.Not.Contain("(Parameter '"), "no .NET tail: " + se);
         Assert.That(Directory.EnumerateFileSystemEntries(outDir), Is.Empty, "nothing written on failure");
     }
 

@@ -109,14 +109,14 @@ public class DemoCliTests
             Assert.That(so, Does.Contain("sdpa"));
             var overview = Path.Combine(dir, "sdpa_overview.png");
             Assert.That(File.Exists(overview), Is.True);
-            var img = GpuAttention.Imaging.Image.Load(overview);
+            var img = GpuAttention.Cli.Imaging.Image.Load(overview);
             Assert.That(img.Width, Is.GreaterThan(img.Height));
             foreach (var name in (string[])["sdpa_training.png", "glimpse_1.png", "glimpse_4.png", "glimpse_overview.png", "glimpse_learning.png",
                                             "spatial_crops.png", "spatial_learning.png"])
             {
                 var path = Path.Combine(dir, name);
                 Assert.That(File.Exists(path), Is.True, name);
-                var pic = GpuAttention.Imaging.Image.Load(path);
+                var pic = GpuAttention.Cli.Imaging.Image.Load(path);
                 Assert.That(pic.Channels, Is.EqualTo(3), name);
                 Assert.That(pic.Data.Max() - pic.Data.Min(), Is.GreaterThan(0.5f), $"{name} is nearly uniform");
             }
@@ -125,6 +125,29 @@ public class DemoCliTests
                 Assert.That(so, Does.Contain(op));
             Assert.That(so, Does.Not.Contain("FAIL"));
             Assert.That(so, Does.Not.Contain("did NOT fall"));
+            // Redirected: plain text, and the table (the lines drawn with box characters) fits 100 columns.
+            Assert.That(so, Does.Not.Contain("\u001b"), "no ANSI escape codes in redirected output");
+            var tableLines = so.Split('\n').Select(l => l.TrimEnd('\r')).Where(l => l.TrimStart().StartsWith('│') || l.StartsWith('╭') || l.StartsWith('╰')).ToList();
+            Assert.That(tableLines, Has.Count.GreaterThan(10));
+            Assert.That(tableLines.Max(l => l.Length), Is.LessThanOrEqualTo(100), string.Join("\n", tableLines));
+        }
+        finally { Directory.Delete(dir, true); }
+    }
+
+    [Test]
+    public void DemoTakesAJpegImage()
+    {
+        var dir = CliRunner.TempDir();
+        try
+        {
+            var logo = GpuAttention.Cli.Imaging.Image.Load(Path.Combine(TestContext.CurrentContext.TestDirectory, "Fixtures", "logo.png"));
+            var jpeg = Path.Combine(dir, "photo.jpg");
+            GpuAttention.Cli.Imaging.ImageOps.Resize(logo, 320, 240).Save(jpeg);
+            var outDir = Path.Combine(dir, "out");
+            var (code, so, se) = CliRunner.Run("demo", "--image", jpeg, "--out", outDir, "--pixels", "100", "--repeat", "1");
+            Assert.That(code, Is.Zero, so + se);
+            Assert.That(so, Does.Contain("320×240 input"));
+            Assert.That(File.Exists(Path.Combine(outDir, "sdpa_overview.png")), Is.True);
         }
         finally { Directory.Delete(dir, true); }
     }
@@ -135,5 +158,6 @@ public class DemoCliTests
         var (code, _, se) = CliRunner.Run("demo", "--image", "/nonexistent/picture.png");
         Assert.That(code, Is.EqualTo(1));
         Assert.That(se, Does.Contain("picture.png"));
+        Assert.That(se.TrimEnd().Split('\n'), Has.Length.EqualTo(1), se);
     }
 }

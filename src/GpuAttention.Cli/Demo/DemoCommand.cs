@@ -1,6 +1,7 @@
+using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;
-using GpuAttention.Imaging;
+using GpuAttention.Cli.Imaging;
 using Spectre.Console;
 
 namespace GpuAttention.Cli;
@@ -13,133 +14,145 @@ namespace GpuAttention.Cli;
 /// </summary>
 public static class DemoCommand
 {
-    private const string Usage =
-        "usage: gpuattention demo [--backend cpu|opencl[:K]|cuda[:K]|auto] [--image PATH] [--out DIR] [--pixels N] [--repeat N]";
-
     /// <summary>The sections run in order. Add SDPA backward, glimpse, grid_sample... here.</summary>
     internal static IReadOnlyList<IDemoSection> Sections { get; } =
         [new SdpaSection(), new SdpaTrainingSection(), new GlimpseSection(), new SpatialSection()];
 
-    /// <summary>Runs the demo with the arguments that follow the word <c>demo</c>.</summary>
-    /// <returns>0 on success, 1 on bad input, an unavailable backend or a failed verification, 2 on a usage error.</returns>
-    public static int Run(string[] args)
+    public static Command Build()
     {
-        DemoOptions opt;
-        try { opt = DemoOptions.Parse(args); }
-        catch (UsageException e)
-        {
-            Console.Error.WriteLine($"demo: {e.Message}");
-            Console.Error.WriteLine(Usage);
-            return 2;
-        }
-        if (opt.Help) { Console.WriteLine(Usage); return 0; }
-
-        // Redirected output: Spectre assumes 80 columns, which squeezes the table; give it room.
-        if (Console.IsOutputRedirected && AnsiConsole.Profile.Width < 160) AnsiConsole.Profile.Width = 160;
-        try
-        {
-            var input = Image.Load(opt.ImagePath).ToRgb();
-            using var device = Device.Open(opt.Backend);
-            var ctx = new DemoContext(device, input, opt);
-            Directory.CreateDirectory(opt.OutDir);
-            AnsiConsole.Status().Spinner(Spinner.Known.Dots).Start("starting", status =>
-            {
-                ctx.ReportStatus = s => status.Status(Markup.Escape(s));
-                var took = new List<string>();
-                foreach (var section in Sections)
-                {
-                    ctx.ReportStatus($"{section.Name}: running");
-                    var sw = Stopwatch.StartNew();
-                    section.Run(ctx);
-                    took.Add($"{section.Name} {sw.Elapsed.TotalSeconds:0.0} s");
-                }
-                ctx.Notes.Add($"wall time per section (with references and pictures): {string.Join(", ", took)}");
-            });
-            PrintReport(ctx);
-            var failed = ctx.Rows.Where(r => r.Ok == false).ToList();
-            if (failed.Count > 0)
-            {
-                Console.Error.WriteLine($"demo: verification failed for {string.Join(", ", failed.Select(r => r.Op))} (relative error above {DemoRow.Tolerance:g2})");
-                return 1;
-            }
-            return 0;
-        }
-        catch (Exception e) when (e is BackendUnavailableException or InvalidDataException or ArgumentException or IOException or UnauthorizedAccessException)
-        {
-            var msg = e is ArgumentException { ParamName: { } p } ? e.Message.Replace($" (Parameter '{p}')", "") : e.Message;
-            Console.Error.WriteLine($"demo: {msg.ReplaceLineEndings(" ")}");
-            return 1;
-        }
-        catch (Exception e)
-        {
-            Console.Error.WriteLine($"demo: internal error: {e.GetType().Name}: {e.Message}");
-            return 1;
-        }
+        var backendOpt = CliOptions.Backend();
+        var imageOpt = CliOptions.Text("--image", "The picture to work on, PNG or JPEG (default: the shipped logo).", "PATH");
+        var outOpt = CliOptions.Text("--out", "Folder for the pictures, created if needed.", "DIR", "demo-out");
+        var pixelsOpt = CliOptions.Int("--pixels", "Pixels of the image SDPA attends over (16..65536).", 16, 3072, 1 << 16);
+        var repeatOpt = CliOptions.Int("--repeat", "Timed runs per op, median reported (1..1000).", 1, 5, 1000);
+        var cmd = new Command("demo", "Runs every operation on a real image and writes pictures. Each op is verified against the "
+            + "double-precision reference and timed; a table shows the results.")
+        { backendOpt, imageOpt, outOpt, pixelsOpt, repeatOpt };
+        cmd.SetAction(r => Run(new DemoOptions(r.GetValue(backendOpt)!, r.GetValue(imageOpt) ?? DemoOptions.DefaultImage, r.GetValue(outOpt)!, r.GetValue(pixelsOpt), r.GetValue(repeatOpt))));
+        return cmd;
     }
 
-    private static void PrintReport(DemoContext ctx)
+    /// <summary>Runs the demo.</summary>
+    /// <returns>0 on success, 1 on a failed verification; bad input and unavailable backends throw (the caller prints one line).</returns>
+    private static int Run(DemoOptions opt)
+    {
+        if (File.Exists(opt.OutDir)) throw new InputException($"--out: '{opt.OutDir}' is a file; expected a folder (it is created if missing)");
+        var input = Image.Load(opt.ImagePath).ToRgb();
+        using var device = CliOptions.OpenDevice(opt.Backend);
+        var ctx = new DemoContext(device, input, opt);
+        try { Directory.CreateDirectory(opt.OutDir); }
+        catch (IOException e) { throw new InputException($"--out: cannot create the folder '{opt.OutDir}': {CliErrors.Clean(e)}"); }
+        var console = DemoConsole.Create();
+        var took = new List<string>();
+        void RunSections()
+        {
+            foreach (var section in Sections)
+            {
+                ctx.ReportStatus($"{section.Name}: running");
+                var sw = Stopwatch.StartNew();
+                section.Run(ctx);
+                took.Add($"{section.Name} {sw.Elapsed.TotalSeconds:0.0} s");
+            }
+        }
+        if (DemoConsole.IsTerminal)
+        {
+            // A spinner with the current step, on a terminal only (redirected output gets the report alone).
+            console.Status().Spinner(Spinner.Known.Dots).Start("starting", status =>
+            {
+                ctx.ReportStatus = s => status.Status(Markup.Escape(s));
+                RunSections();
+            });
+        }
+        else RunSections();
+        ctx.Notes.Add($"wall time per section (with references and pictures): {string.Join(", ", took)}");
+        PrintReport(console, ctx);
+        var failed = ctx.Rows.Where(r => r.Ok == false).ToList();
+        if (failed.Count == 0) return 0;
+        Console.Error.WriteLine($"gpuattention: demo: verification failed for {string.Join(", ", failed.Select(r => r.Op))} (relative error above {DemoRow.Tolerance:g2})");
+        return 1;
+    }
+
+    /// <summary>
+    /// The table (at most 100 columns: short op names, numbers only), then one line per row with the full op name and the
+    /// shapes, the notes, and the files written.
+    /// </summary>
+    private static void PrintReport(IAnsiConsole console, DemoContext ctx)
     {
         static string F(double? v, string fmt) => v is { } x ? x.ToString(fmt, CultureInfo.InvariantCulture) : "-";
-        var table = new Table().Border(TableBorder.Rounded).Title($"[bold]gpuattention demo[/] — {Markup.Escape(ctx.Input.Width + "×" + ctx.Input.Height)} input");
+        string device = ctx.Device.Name.Length > 48 ? ctx.Device.Name[..47] + "…" : ctx.Device.Name;
+        var table = new Table().Border(TableBorder.Rounded)
+            .Title($"[bold]gpuattention demo[/] on {Markup.Escape(ctx.Device.Spec)} ({Markup.Escape(device)}), {ctx.Input.Width}×{ctx.Input.Height} input");
+        table.AddColumn(new TableColumn("#").RightAligned());
         table.AddColumn("op");
-        table.AddColumn("backend");
-        table.AddColumn("device");
-        table.AddColumn("shape");
-        table.AddColumn(new TableColumn("time (ms)").RightAligned());
+        table.AddColumn(new TableColumn("ms").RightAligned());
         table.AddColumn(new TableColumn("GFLOP/s").RightAligned());
         table.AddColumn(new TableColumn("GB/s").RightAligned());
-        table.AddColumn(new TableColumn("max error").RightAligned());
-        table.AddColumn(new TableColumn("rel error").RightAligned());
+        table.AddColumn(new TableColumn("max err").RightAligned());
+        table.AddColumn(new TableColumn("rel err").RightAligned());
         table.AddColumn("check");
-        string device = ctx.Device.Name;
-        foreach (var r in ctx.Rows)
+        for (int i = 0; i < ctx.Rows.Count; i++)
         {
-            string dev = r.Fallback ? device + " (CPU fallback)" : device;
-            table.AddRow(Markup.Escape(r.Op), Markup.Escape(ctx.Device.Spec), Markup.Escape(dev), Markup.Escape(r.Shape),
+            var r = ctx.Rows[i];
+            table.AddRow((i + 1).ToString(CultureInfo.InvariantCulture), Markup.Escape(ShortName(r.Op) + (r.Fallback ? " *" : "")),
                 F(r.Ms, "F3"), F(r.Gflops, "F2"), F(r.GBps, "F2"), F(r.MaxError, "0.0e+00"), F(r.RelError, "0.0e+00"),
                 r.Ok switch { true => "[green]ok[/]", false => "[red]FAIL[/]", null => "-" });
         }
-        AnsiConsole.Write(table);
-        foreach (var note in ctx.Notes) AnsiConsole.MarkupLine($"[grey]{Markup.Escape(note)}[/]");
-        AnsiConsole.MarkupLine($"[bold]files written[/] to {Markup.Escape(Path.GetFullPath(ctx.Options.OutDir))}:");
-        foreach (var (file, what) in ctx.Files) AnsiConsole.MarkupLine($"  {Markup.Escape(Path.GetFileName(file))}  [grey]{Markup.Escape(what)}[/]");
+        console.Write(table);
+        // Below the table: on a terminal through Spectre (colours, wrapped to the window); redirected as plain lines, unwrapped.
+        void Line(string markup)
+        {
+            if (DemoConsole.IsTerminal) console.MarkupLine(markup);
+            else Console.Out.WriteLine(Markup.Remove(markup));
+        }
+        for (int i = 0; i < ctx.Rows.Count; i++)
+            Line($"{i + 1,3}  {Markup.Escape(ctx.Rows[i].Op)}: [grey]{Markup.Escape(ctx.Rows[i].Shape)}[/]");
+        if (ctx.Rows.Any(r => r.Fallback))
+            Line("[grey]* no kernel on this device for the op: it ran on the cpu backend, with copies[/]");
+        Line($"[grey]ms: median of {ctx.Options.Repeat} synchronised runs without copies; errors against the double-precision reference, "
+            + $"rel err = max err / largest reference magnitude, ok when ≤ {DemoRow.Tolerance:g2}[/]");
+        foreach (var note in ctx.Notes) Line($"[grey]{Markup.Escape(note)}[/]");
+        Line($"[bold]files written[/] to {Markup.Escape(Path.GetFullPath(ctx.Options.OutDir))}:");
+        foreach (var (file, what) in ctx.Files) Line($"  {Markup.Escape(Path.GetFileName(file))}  [grey]{Markup.Escape(what)}[/]");
+    }
+
+    /// <summary>"grid_sample backward (input, grid)" → "grid_sample bwd": the table's op column.</summary>
+    internal static string ShortName(string op)
+    {
+        int paren = op.IndexOf(" (", StringComparison.Ordinal);
+        string s = paren > 0 ? op[..paren] : op;
+        return s.Replace("spatial transform", "spatial tf", StringComparison.Ordinal)
+            .Replace(" forward", " fwd", StringComparison.Ordinal).Replace(" backward", " bwd", StringComparison.Ordinal);
+    }
+}
+
+/// <summary>
+/// The demo's console: colours and live displays on a terminal; plain text (no ANSI escape codes, 100 columns, no spinner) when
+/// stdout is redirected to a file or a pipe.
+/// </summary>
+internal static class DemoConsole
+{
+    /// <summary>Stdout is a terminal.</summary>
+    public static bool IsTerminal => !Console.IsOutputRedirected;
+
+    public static IAnsiConsole Create()
+    {
+        bool tty = IsTerminal;
+        var console = AnsiConsole.Create(new AnsiConsoleSettings
+        {
+            Ansi = tty ? AnsiSupport.Detect : AnsiSupport.No,
+            ColorSystem = tty ? ColorSystemSupport.Detect : ColorSystemSupport.NoColors,
+            Interactive = tty ? InteractionSupport.Detect : InteractionSupport.No,
+            Out = new AnsiConsoleOutput(Console.Out),
+        });
+        console.Profile.Width = tty ? Math.Min(console.Profile.Width, 120) : 100;
+        return console;
     }
 }
 
 /// <summary>Parsed arguments of <c>gpuattention demo</c>.</summary>
-internal sealed record DemoOptions(string Backend, string ImagePath, string OutDir, int Pixels, int Repeat, bool Help)
+internal sealed record DemoOptions(string Backend, string ImagePath, string OutDir, int Pixels, int Repeat)
 {
     public static string DefaultImage => Path.Combine(AppContext.BaseDirectory, "Assets", "logo.png");
-
-    public static DemoOptions Parse(string[] args)
-    {
-        string backend = "cpu", image = DefaultImage, outDir = "demo-out";
-        int pixels = 3072, repeat = 5;
-        bool help = false;
-        for (int i = 0; i < args.Length; i++)
-        {
-            string a = args[i];
-            string Value() => i + 1 < args.Length && !args[i + 1].StartsWith("--", StringComparison.Ordinal)
-                ? args[++i] : throw new UsageException($"{a} needs a value");
-            int Int(int min, int max)
-            {
-                var s = Value();
-                return int.TryParse(s, NumberStyles.Integer, CultureInfo.InvariantCulture, out int v) && v >= min && v <= max
-                    ? v : throw new UsageException($"{a}: expected an integer in {min}..{max}, got '{s}'");
-            }
-            switch (a)
-            {
-                case "--backend": backend = Value(); break;
-                case "--image": image = Value(); break;
-                case "--out": outDir = Value(); break;
-                case "--pixels": pixels = Int(16, 1 << 16); break;
-                case "--repeat": repeat = Int(1, 1000); break;
-                case "-h" or "--help": help = true; break;
-                default: throw new UsageException($"unknown option '{a}'");
-            }
-        }
-        return new DemoOptions(backend, image, outDir, pixels, repeat, help);
-    }
 }
 
 /// <summary>One line of the demo's table.</summary>

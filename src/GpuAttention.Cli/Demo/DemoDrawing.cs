@@ -1,4 +1,4 @@
-using GpuAttention.Imaging;
+using GpuAttention.Cli.Imaging;
 
 namespace GpuAttention.Cli;
 
@@ -101,26 +101,49 @@ internal static class DemoDrawing
     }
 
     /// <summary>
-    /// A line chart of <paramref name="values"/> (log scale when all are positive and span more than a factor 10), on a dark panel
-    /// with axes; the first value sits at the left edge, the last at the right.
+    /// A line chart of a loss per step, drawn by ScottPlot on a dark panel: x axis "step" (the first value is step 0), y axis
+    /// <paramref name="yLabel"/> with numbers; a log scale when all values are positive and span more than a factor 10.
     /// </summary>
-    public static Image Plot(IReadOnlyList<double> values, int width, int height, Color color)
+    public static Image Plot(IReadOnlyList<double> values, int width, int height, Color color, string yLabel = "loss")
     {
-        var img = new Image(width, height, 3);
-        img.FillRectangle(0, 0, width, height, new Color(0.05f, 0.05f, 0.05f));
-        int m = 12;
-        img.DrawLine(m, m, m, height - m, new Color(0.6f, 0.6f, 0.6f), 1);
-        img.DrawLine(m, height - m, width - m, height - m, new Color(0.6f, 0.6f, 0.6f), 1);
-        if (values.Count < 2) return img;
-        bool log = values.All(v => v > 0) && values.Max() > 10 * values.Min();
-        var ys = values.Select(v => log ? Math.Log10(v) : v).ToArray();
-        double lo = ys.Min(), hi = ys.Max();
-        if (!(hi > lo)) { lo -= 1; hi += 1; }
-        if (!log) lo = Math.Min(lo, 0);
-        double X(int i) => m + 4 + (width - 2 * m - 8) * (double)i / (values.Count - 1);
-        double Y(double v) => height - m - 4 - (height - 2 * m - 8) * (v - lo) / (hi - lo);
-        for (int i = 1; i < ys.Length; i++) img.DrawLine(X(i - 1), Y(ys[i - 1]), X(i), Y(ys[i]), color, 2);
-        return img;
+        var plt = new ScottPlot.Plot();
+        var fg = ScottPlot.Color.FromHex("#d0d0d0");
+        plt.FigureBackground.Color = ScottPlot.Color.FromHex("#0d0d0d");
+        plt.DataBackground.Color = ScottPlot.Color.FromHex("#161616");
+        plt.Axes.Color(fg);
+        plt.Grid.MajorLineColor = fg.WithAlpha(0.15);
+        bool log = values.Count > 0 && values.All(v => v > 0) && values.Max() > 10 * values.Min();
+        double[] xs = Enumerable.Range(0, values.Count).Select(i => (double)i).ToArray();
+        double[] ys = values.Select(v => log ? Math.Log10(v) : v).ToArray();
+        if (values.Count > 0)
+        {
+            var line = plt.Add.ScatterLine(xs, ys);
+            line.Color = new ScottPlot.Color((byte)(color.R * 255), (byte)(color.G * 255), (byte)(color.B * 255));
+            line.LineWidth = 2;
+        }
+        if (log)
+        {
+            // Values plotted as log10; ticks at whole decades, labelled with the values themselves.
+            plt.Axes.Left.TickGenerator = new ScottPlot.TickGenerators.NumericAutomatic
+            {
+                MinorTickGenerator = new ScottPlot.TickGenerators.LogMinorTickGenerator(),
+                IntegerTicksOnly = true,
+                LabelFormatter = y => Math.Pow(10, y).ToString("0.#e0", System.Globalization.CultureInfo.InvariantCulture),
+            };
+        }
+        else
+        {
+            plt.Axes.Left.TickGenerator = new ScottPlot.TickGenerators.NumericAutomatic
+            {
+                LabelFormatter = y => y.ToString("g3", System.Globalization.CultureInfo.InvariantCulture),
+            };
+        }
+        int small = Math.Min(width, height) < 260 ? 11 : 13;
+        plt.Axes.Bottom.TickLabelStyle.FontSize = small;
+        plt.Axes.Left.TickLabelStyle.FontSize = small;
+        plt.XLabel("step", small + 1);
+        plt.YLabel(log ? yLabel + " (log scale)" : yLabel, small + 1);
+        return Image.Decode(plt.GetImageBytes(width, height, ScottPlot.ImageFormat.Png), "plot");
     }
 
     /// <summary>Stacks images vertically, left-aligned, with <paramref name="gap"/> pixels between and around them.</summary>

@@ -1,4 +1,4 @@
-using GpuAttention.Imaging;
+using GpuAttention.Cli.Imaging;
 using GpuAttention.Reference;
 
 namespace GpuAttention.Cli;

@@ -1,3 +1,4 @@
+using System.CommandLine;
 using GpuAttention.Backends.Ilgpu;
 
 namespace GpuAttention.Cli.Ptx;
@@ -11,35 +12,26 @@ namespace GpuAttention.Cli.Ptx;
 /// </summary>
 internal static class PtxCommand
 {
-    public const string Usage = """
-        usage:
-          gpuattention ptx --arch sm_80|sm_90 --out DIR    PTX of every shipped ILGPU kernel configuration, one NAME.ptx each (no GPU needed)
-          gpuattention ptx --report FILE                   ptxas -v of every ILGPU and NVRTC-compiled OpenCL C kernel, sm_80 and sm_90
-                                                           (ptxas from $GPUATTENTION_PTXAS or PATH)
-        """;
-
-    public static int Run(ReadOnlySpan<string> argSpan)
+    public static Command Build()
     {
-        var args = argSpan.ToArray();
-        string? arch = null, outDir = null, report = null;
-        for (int i = 0; i < args.Length; i++)
-        {
-            string a = args[i];
-            string Value() => i + 1 < args.Length ? args[++i] : throw new UsageException($"{a}: expected a value");
-            switch (a)
-            {
-                case "-h" or "--help": Console.Out.WriteLine(Usage); return 0;
-                case "--arch": arch = Value(); break;
-                case "--out": outDir = Value(); break;
-                case "--report": report = Value(); break;
-                default: throw new UsageException($"ptx: unknown option '{a}'\n{Usage}");
-            }
-        }
+        var archOpt = CliOptions.Text("--arch", "The target: sm_80 or sm_90.", "sm_80|sm_90");
+        var outOpt = CliOptions.Text("--out", "Folder for the NAME.ptx files, created if needed.", "DIR");
+        var reportOpt = CliOptions.Text("--report", "Instead: ptxas -v of every ILGPU and NVRTC-compiled OpenCL C kernel for sm_80 and sm_90 "
+            + "(ptxas from $GPUATTENTION_PTXAS or PATH), written to FILE.", "FILE");
+        var cmd = new Command("ptx", "Writes the PTX of every shipped ILGPU kernel configuration, one NAME.ptx each. No GPU needed "
+            + "(ILGPU's PTX backend); --report assembles them with ptxas and lists registers, spills and shared memory.")
+        { archOpt, outOpt, reportOpt };
+        cmd.SetAction(r => Run(r.GetValue(archOpt), r.GetValue(outOpt), r.GetValue(reportOpt)));
+        return cmd;
+    }
+
+    private static int Run(string? arch, string? outDir, string? report)
+    {
         if (report is not null) return Report(report);
-        if (arch is null || outDir is null) throw new UsageException($"ptx: expected --arch sm_80|sm_90 and --out DIR (or --report FILE)\n{Usage}");
+        if (arch is null || outDir is null) throw new UsageException("ptx: expected --arch sm_80|sm_90 and --out DIR (or --report FILE)");
         int sm;
         try { sm = IlgpuPtx.ParseArch(arch); }
-        catch (ArgumentException e) { throw new UsageException(e.Message); }
+        catch (ArgumentException e) { throw new UsageException(CliErrors.Clean(e)); }
 
         var configs = IlgpuKernelRegistry.All().ToList();
         var ptx = configs.Select(c => (File: IlgpuPtx.FileName(c), Text: IlgpuPtx.Compile(c, sm))).ToList(); // all compiled before anything is written

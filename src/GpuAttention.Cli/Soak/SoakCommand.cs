@@ -1,3 +1,4 @@
+using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;
 using GpuAttention.Diagnostics;
@@ -16,46 +17,41 @@ internal static class SoakCommand
     /// <summary>Relative error allowed between the backend and the CPU backend (float32 vs float32, different orders).</summary>
     private const double Bound = 1e-4;
 
-    public static int Run(ReadOnlySpan<string> argSpan)
+    public static Command Build()
     {
-        var args = argSpan.ToArray();
-        if (args is ["--list"])
+        var backendOpt = CliOptions.Backend();
+        var minutesOpt = CliOptions.Number("--minutes", "Run for this many minutes.", "N", 0);
+        var iterationsOpt = CliOptions.Number("--iterations", "Run this many iterations (each runs every case once).", "N", 1);
+        var intervalOpt = CliOptions.Number("--interval", "Seconds between two report lines (default 30).", "S", 0.1);
+        var caseOpt = CliOptions.Text("--case", "Only the cases whose name contains TEXT.", "TEXT");
+        var skipOpt = CliOptions.Text("--skip", "Leave out the cases whose name contains TEXT.", "TEXT");
+        var listOpt = CliOptions.Flag("--list", "Print the case names and exit.");
+        var cmd = new Command("soak", "Runs every op in a loop on one device, for leaks and drift. Every output is checked against the "
+            + "cpu backend; memory and live native handles are reported over time; fails when an output disagrees or handles grow.")
+        { backendOpt, minutesOpt, iterationsOpt, intervalOpt, caseOpt, skipOpt, listOpt };
+        cmd.SetAction(r =>
         {
-            foreach (var c in OpWorkload.Cases) Console.Out.WriteLine(c.Name);
-            return 0;
-        }
-        string backend = "cpu";
-        double? minutes = null;
-        long? iterations = null;
-        double interval = 30;
-        string? only = null, skip = null;
-        for (int i = 0; i < args.Length; i++)
-        {
-            string a = args[i];
-            string Value() => i + 1 < args.Length ? args[++i] : throw new UsageException($"{a}: expected a value");
-            double Num(string v, double min) => double.TryParse(v, NumberStyles.Float, CultureInfo.InvariantCulture, out var x) && double.IsFinite(x) && x >= min
-                ? x : throw new UsageException($"{a}: expected a number ≥ {min}, got '{v}'");
-            switch (a)
+            if (r.GetValue(listOpt))
             {
-                case "--backend": backend = Value(); break;
-                case "--minutes": minutes = Num(Value(), 0); break;
-                case "--iterations": iterations = (long)Num(Value(), 1); break;
-                case "--interval": interval = Num(Value(), 0.1); break;
-                case "--case": only = Value(); break;
-                case "--skip": skip = Value(); break;
-                default: throw new UsageException($"soak: unknown option '{a}'");
+                foreach (var c in OpWorkload.Cases) Console.Out.WriteLine(c.Name);
+                return 0;
             }
-        }
-        if (minutes is null && iterations is null) throw new UsageException("soak: expected --minutes N or --iterations N");
-        Program.ValidateBackendName(backend);
+            return Run(r.GetValue(backendOpt)!, r.GetValue(minutesOpt), r.GetValue(iterationsOpt) is double it ? (long)it : null,
+                r.GetValue(intervalOpt) ?? 30, r.GetValue(caseOpt), r.GetValue(skipOpt));
+        });
+        return cmd;
+    }
 
+    private static int Run(string backend, double? minutes, long? iterations, double interval, string? only, string? skip)
+    {
+        if (minutes is null && iterations is null) throw new UsageException("soak: expected --minutes N or --iterations N");
         var cases = OpWorkload.Cases.Where(c => (only is null || c.Name.Equals(only, StringComparison.OrdinalIgnoreCase) || c.Name.Contains(only, StringComparison.OrdinalIgnoreCase))
             && (skip is null || !c.Name.Contains(skip, StringComparison.OrdinalIgnoreCase))).ToList();
         if (cases.Count == 0) throw new UsageException($"--case: no case name contains '{only}'");
+        using var device = CliOptions.OpenDevice(backend);
         float[][][] expected;
         using (var cpu = Device.Open("cpu")) expected = cases.Select(c => c.Run(cpu)).ToArray();
 
-        using var device = Device.Open(backend);
         var proc = Process.GetCurrentProcess();
         Console.Out.WriteLine($"soak on {device.Spec} ({device.Name}); machine: {Environment.MachineName}, {Environment.ProcessorCount} cores, "
             + $"{System.Runtime.InteropServices.RuntimeInformation.OSDescription}, .NET {Environment.Version}");

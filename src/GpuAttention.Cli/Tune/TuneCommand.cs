@@ -1,3 +1,4 @@
+using System.CommandLine;
 using System.Globalization;
 using GpuAttention.Backends.Kernels;
 using GpuAttention.Backends.Kernels.Tuning;
@@ -21,59 +22,44 @@ internal static class TuneCommand
         ["glimpse"] = "glimpse",
     };
 
-    public static int Run(ReadOnlySpan<string> argSpan)
+    public static Command Build()
     {
-        var args = argSpan.ToArray();
-        string? backend = null;
-        List<string>? ops = null;
-        double budget = 120;
-        int repeats = 5;
-        bool dry = false, show = false;
-        for (int i = 0; i < args.Length; i++)
-        {
-            string a = args[i];
-            string Value() => i + 1 < args.Length && !args[i + 1].StartsWith("--", StringComparison.Ordinal) ? args[++i] : throw new UsageException($"{a}: expected a value");
-            switch (a)
-            {
-                case "--backend": backend = Value(); break;
-                case "--op":
-                    ops = [];
-                    foreach (var w in Value().Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
-                        ops.Add(OpAliases.TryGetValue(w, out var f) ? f
-                            : throw new UsageException($"--op: unknown op '{w}' (expected {string.Join(", ", TuningSpaces.All.Select(s => s.Family))})"));
-                    if (ops.Count == 0) throw new UsageException("--op: expected at least one op");
-                    break;
-                case "--budget":
-                    {
-                        var v = Value();
-                        if (!double.TryParse(v, NumberStyles.Float, CultureInfo.InvariantCulture, out budget) || !double.IsFinite(budget) || budget <= 0)
-                            throw new UsageException($"--budget: expected a number of seconds > 0, got '{v}'");
-                        break;
-                    }
-                case "--repeat":
-                    {
-                        var v = Value();
-                        if (!int.TryParse(v, NumberStyles.Integer, CultureInfo.InvariantCulture, out repeats) || repeats < 1)
-                            throw new UsageException($"--repeat: expected an integer ≥ 1, got '{v}'");
-                        break;
-                    }
-                case "--dry-run": dry = true; break;
-                case "--show": show = true; break;
-                default: throw new UsageException($"tune: unknown option '{a}'");
-            }
-        }
+        var backendOpt = CliOptions.Backend(null, "tune: opencl[:K] or cuda[:K]");
+        var opOpt = CliOptions.Parsed<List<string>?>("--op", "Only these kernel families, comma-separated: gemm, grid-sample (also spatial, affine-grid), glimpse.",
+            "OP,...", ParseOps, null);
+        var budgetOpt = CliOptions.Parsed<double?>("--budget", "Seconds to spend over all families (default 120).", "SECONDS",
+            v => double.TryParse(v, NumberStyles.Float, CultureInfo.InvariantCulture, out var b) && double.IsFinite(b) && b > 0
+                ? b : throw new FormatException($"expected a number of seconds > 0, got '{v}'"), null);
+        var repeatOpt = CliOptions.Int("--repeat", "Timed runs per candidate (median).", 1, 5);
+        var dryOpt = CliOptions.Flag("--dry-run", "Print the search spaces and the order of the candidates; run and write nothing.");
+        var showOpt = CliOptions.Flag("--show", "Print where the tuning cache is and what it holds (for --backend's device, else every file).");
+        var cmd = new Command("tune", "Tunes the kernels' tile sizes and work-group sizes for the device. Every candidate is checked "
+            + "against the reference, then timed (median); the winners go to a per-device cache that the backend reads when it opens: "
+            + "$GPUATTENTION_TUNING_DIR, else $XDG_CACHE_HOME/gpuattention/tuning, else ~/.cache/gpuattention/tuning.")
+        { backendOpt, opOpt, budgetOpt, repeatOpt, dryOpt, showOpt };
+        cmd.SetAction(r => Run(r.GetValue(backendOpt), r.GetValue(opOpt) is { Count: > 0 } ops ? ops : null, r.GetValue(budgetOpt) ?? 120, r.GetValue(repeatOpt), r.GetValue(dryOpt), r.GetValue(showOpt)));
+        return cmd;
+    }
+
+    private static List<string> ParseOps(string value)
+    {
+        var ops = new List<string>();
+        foreach (var w in value.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+            ops.Add(OpAliases.TryGetValue(w, out var f) ? f
+                : throw new FormatException($"unknown op '{w}' (expected {string.Join(", ", TuningSpaces.All.Select(s => s.Family))})"));
+        return ops.Count > 0 ? ops : throw new FormatException("expected at least one op");
+    }
+
+    private static int Run(string? backend, List<string>? ops, double budget, int repeats, bool dry, bool show)
+    {
         if (show) return Show(backend);
         if (backend is null) throw new UsageException("tune: expected --backend opencl[:K] or cuda[:K]");
-        Program.ValidateBackendName(backend);
-        string kind = backend.Split(':')[0].ToLowerInvariant();
-        if (kind is "cpu" or "auto")
-            throw new UsageException($"tune: --backend {backend}: only opencl[:K] and cuda[:K] have kernels to tune");
-
         var families = ops?.Distinct().ToList() ?? TuningSpaces.All.Select(s => s.Family).ToList();
         var workloads = TuningWorkloads.All.Where(w => families.Contains(w.Space.Family)).ToList();
 
-        using var device = Device.Open(backend);
-        var be = (KernelBackend)device.Backend;
+        using var device = CliOptions.OpenDevice(backend);
+        if (device.Backend is not KernelBackend be)
+            throw new UsageException($"tune: --backend {backend}: only opencl[:K] and cuda[:K] have kernels to tune");
         var id = be.TuningIdentity;
         string path = TuningCache.PathFor(id);
         Console.Out.WriteLine($"gpuattention tune on {device.Spec}: {id}");
@@ -128,8 +114,7 @@ internal static class TuneCommand
         Console.Out.WriteLine($"tuning cache: {dir}");
         if (backend is not null)
         {
-            Program.ValidateBackendName(backend);
-            using var device = Device.Open(backend);
+            using var device = CliOptions.OpenDevice(backend);
             if (device.Backend is not KernelBackend be) throw new UsageException($"tune: --backend {backend}: only opencl[:K] and cuda[:K] have a tuning cache");
             string path = TuningCache.PathFor(be.TuningIdentity);
             Console.Out.WriteLine($"{device.Spec}: {be.TuningIdentity}");

@@ -1,3 +1,4 @@
+using System.CommandLine;
 using System.Globalization;
 
 namespace GpuAttention.Cli.Verify;
@@ -11,42 +12,25 @@ namespace GpuAttention.Cli.Verify;
 /// </summary>
 internal static class VerifyCommand
 {
-    public static int Run(ReadOnlySpan<string> argSpan)
+    public static Command Build()
     {
-        var args = argSpan.ToArray();
-        string backend = "cpu";
-        int seed = 1;
-        HashSet<string>? only = null;
-        VerifyKit.Perturb = false;
-        for (int i = 0; i < args.Length; i++)
-        {
-            string a = args[i];
-            string Value() => i + 1 < args.Length ? args[++i] : throw new UsageException($"{a}: expected a value");
-            switch (a)
-            {
-                case "--backend": backend = Value(); break;
-                case "--seed":
-                    {
-                        var v = Value();
-                        if (!int.TryParse(v, NumberStyles.Integer, CultureInfo.InvariantCulture, out seed))
-                            throw new UsageException($"--seed: expected an integer, got '{v}'");
-                        break;
-                    }
-                case "--only":
-                    {
-                        only = [.. Value().Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)];
-                        var known = VerifyTable.All.Select(c => c.Op).ToHashSet();
-                        var unknown = only.FirstOrDefault(o => !known.Contains(o));
-                        if (unknown is not null || only.Count == 0)
-                            throw new UsageException($"--only: unknown op '{unknown}' (expected some of {string.Join(", ", known)})");
-                        break;
-                    }
-                case "--perturb": VerifyKit.Perturb = true; break;
-                default: throw new UsageException($"verify: unknown option '{a}'");
-            }
-        }
-        Program.ValidateBackendName(backend);
-        using var device = Device.Open(backend);
+        var backendOpt = CliOptions.Backend();
+        var seedOpt = CliOptions.Parsed("--seed", "Seed of the random inputs.", "N",
+            s => int.TryParse(s, NumberStyles.Integer, CultureInfo.InvariantCulture, out int v) ? v : throw new FormatException($"expected an integer, got '{s}'"), 1);
+        var known = VerifyTable.All.Select(c => c.Op).Distinct().ToList();
+        var onlyOpt = CliOptions.List("--only", $"Only these ops, comma-separated: {string.Join(", ", known)}.", "OP,...", known);
+        var perturbOpt = CliOptions.Flag("--perturb", "Disturbs every result before the comparison (every case must then fail).", hidden: true);
+        var cmd = new Command("verify", "Checks every op on one backend against the double-precision reference. One row per case; "
+            + "the last line is 'N passed, N failed' (exit 0 only when every case passed).")
+        { backendOpt, seedOpt, onlyOpt, perturbOpt };
+        cmd.SetAction(r => Run(r.GetValue(backendOpt)!, r.GetValue(seedOpt), r.GetValue(onlyOpt) is { Length: > 0 } only ? only.ToHashSet(StringComparer.OrdinalIgnoreCase) : null, r.GetValue(perturbOpt)));
+        return cmd;
+    }
+
+    private static int Run(string backend, int seed, HashSet<string>? only, bool perturb)
+    {
+        VerifyKit.Perturb = perturb;
+        using var device = CliOptions.OpenDevice(backend);
         device.PoisonAllocations = true;                                // results a layer allocates itself start as NaN too
         Console.Out.WriteLine($"verify on {device.Spec} ({device.Name}), seed {seed}, against the double-precision reference");
 
@@ -68,7 +52,7 @@ internal static class VerifyCommand
             catch (Exception e)
             {
                 ok = false;
-                detail = $"error: {e.GetType().Name}: {e.Message.ReplaceLineEndings(" ")}";
+                detail = $"error: {e.GetType().Name}: {CliErrors.Clean(e)}";
             }
             if (ok) passed++; else failed++;
             Console.Out.WriteLine($"{c.Op,-26} {c.Shape,-56} {detail}  {(ok ? "PASS" : "FAIL")}");

@@ -1,4 +1,6 @@
-namespace GpuAttention.Imaging;
+using SkiaSharp;
+
+namespace GpuAttention.Cli.Imaging;
 
 /// <summary>An RGB colour with components in [0, 1].</summary>
 /// <param name="R">Red.</param>
@@ -27,7 +29,7 @@ public readonly record struct Color(float R, float G, float B)
 /// <summary>
 /// A raster image with 1 (gray) or 3 (RGB) channels, stored as float32 in [0, 1], planar [C, H, W]
 /// (row-major, the layout of one image of an [N, C, H, W] tensor).
-/// Read with <see cref="Load"/>/<see cref="Decode"/> (PNG, PPM/PGM), written with <see cref="Save"/>.
+/// Read with <see cref="Load"/>/<see cref="Decode"/> and written with <see cref="Save"/> through SkiaSharp (PNG, JPEG).
 /// </summary>
 public sealed class Image
 {
@@ -94,10 +96,10 @@ public sealed class Image
     }
 
     /// <summary>
-    /// Reads a PNG, PPM or PGM file, recognised by its first bytes (not its extension).
-    /// PNG alpha is composited over white.
+    /// Reads an image file through SkiaSharp: PNG, JPEG (and the other formats Skia decodes: WebP, GIF, BMP, ICO), recognised by
+    /// its first bytes, not its extension. Gray files give one channel, everything else RGB; alpha is composited over white.
     /// </summary>
-    /// <exception cref="InvalidDataException">The file is malformed, truncated or of an unsupported kind; the message names the file.</exception>
+    /// <exception cref="InvalidDataException">The file is not an image Skia decodes, or is truncated or broken; the message names the file.</exception>
     /// <exception cref="FileNotFoundException">The file does not exist.</exception>
     public static Image Load(string path)
     {
@@ -111,38 +113,81 @@ public sealed class Image
         return Decode(bytes, path);
     }
 
-    /// <summary>Decodes PNG or PPM/PGM bytes; <paramref name="name"/> is used in error messages.</summary>
-    /// <exception cref="InvalidDataException">Malformed or unsupported data.</exception>
+    /// <summary>Decodes encoded image bytes (see <see cref="Load"/>); <paramref name="name"/> is used in error messages.</summary>
+    /// <exception cref="InvalidDataException">Not an image, or truncated or broken data.</exception>
     public static Image Decode(ReadOnlySpan<byte> bytes, string name = "image")
     {
-        if (bytes.Length >= 4 && bytes[0] == 0x89 && bytes[1] == (byte)'P' && bytes[2] == (byte)'N' && bytes[3] == (byte)'G')
-            return PngCodec.Decode(bytes, name);
-        if (bytes.Length >= 2 && bytes[0] == (byte)'P' && bytes[1] is >= (byte)'1' and <= (byte)'7')
-            return PnmCodec.Decode(bytes, name);
         if (bytes.Length == 0) throw new InvalidDataException($"{name}: empty file");
-        throw new InvalidDataException($"{name}: unrecognised image format (bad magic bytes; expected PNG or binary/ASCII PPM/PGM)");
+        using var data = SKData.CreateCopy(bytes);
+        using var codec = SKCodec.Create(new SKMemoryStream(data), out var created)
+            ?? throw new InvalidDataException($"{name}: not an image SkiaSharp can read (expected PNG or JPEG; "
+                + (created == SKCodecResult.IncompleteInput ? "the data ends early: truncated?)" : Words(created) + ")"));
+        var info = codec.Info;
+        if (info.Width < 1 || info.Height < 1) throw new InvalidDataException($"{name}: zero image size {info.Width}×{info.Height}");
+        if ((long)info.Width * info.Height > MaxPixels) throw new InvalidDataException($"{name}: image {info.Width}×{info.Height} is too large");
+        int w = info.Width, h = info.Height, n = w * h;
+        // RGBA, 8 bits per sample, unpremultiplied (SkiaSharp decodes 16-bit PNGs to 8 bits).
+        var rgba = new byte[4 * n];
+        SKCodecResult result;
+        unsafe
+        {
+            fixed (byte* p = rgba)
+                result = codec.GetPixels(new SKImageInfo(w, h, SKColorType.Rgba8888, SKAlphaType.Unpremul), (IntPtr)p);
+        }
+        if (result != SKCodecResult.Success)
+            throw new InvalidDataException($"{name}: {(result == SKCodecResult.IncompleteInput ? "truncated image data" : "broken image data")} ({Words(result)})");
+        bool gray = info.ColorType == SKColorType.Gray8;
+        var img = new Image(w, h, gray ? 1 : 3);
+        for (int i = 0; i < n; i++)
+        {
+            float a = rgba[4 * i + 3] / 255f;
+            for (int c = 0; c < img.Channels; c++)
+                img.Data[c * n + i] = a == 1f ? rgba[4 * i + c] / 255f : Math.Clamp(rgba[4 * i + c] / 255f * a + (1 - a), 0f, 1f);
+        }
+        return img;
     }
 
+    /// <summary>"IncompleteInput" → "incomplete input".</summary>
+    private static string Words(SKCodecResult r) =>
+        string.Concat(r.ToString().Select((ch, i) => char.IsUpper(ch) && i > 0 ? " " + char.ToLowerInvariant(ch) : char.ToLowerInvariant(ch).ToString()));
+
     /// <summary>
-    /// Writes the image; the format follows the extension: .png (8-bit), .ppm (RGB), .pgm (gray), .pnm (by channel count).
-    /// .ppm converts gray to RGB and .pgm RGB to gray. Creates the directory if needed.
+    /// Writes the image through SkiaSharp; the format follows the extension: .png (8-bit, gray or RGB) or .jpg/.jpeg (quality
+    /// <paramref name="jpegQuality"/>). Creates the directory if needed.
     /// </summary>
     /// <exception cref="ArgumentException">Unknown extension.</exception>
-    public void Save(string path)
+    public void Save(string path, int jpegQuality = 92)
     {
         ArgumentNullException.ThrowIfNull(path);
         var ext = Path.GetExtension(path).ToLowerInvariant();
-        if (ext is not (".png" or ".ppm" or ".pgm" or ".pnm"))
-            throw new ArgumentException($"{path}: unknown image extension '{ext}' (expected .png, .ppm, .pgm or .pnm)", nameof(path));
+        var format = ext switch
+        {
+            ".png" => SKEncodedImageFormat.Png,
+            ".jpg" or ".jpeg" => SKEncodedImageFormat.Jpeg,
+            _ => throw new ArgumentException($"{path}: unknown image extension '{ext}' (expected .png, .jpg or .jpeg)", nameof(path)),
+        };
         var dir = Path.GetDirectoryName(Path.GetFullPath(path));
         if (!string.IsNullOrEmpty(dir)) Directory.CreateDirectory(dir);
         using var fs = File.Create(path);
-        switch (ext)
-        {
-            case ".png": PngCodec.Encode(this, fs); break;
-            case ".ppm": PnmCodec.Encode(Channels == 3 ? this : ToRgb(), fs); break;
-            case ".pgm": PnmCodec.Encode(Channels == 1 ? this : ToGray(), fs); break;
-            default: PnmCodec.Encode(this, fs); break;
-        }
+        Encode(fs, format, jpegQuality);
+    }
+
+    /// <summary>Encodes the image as PNG or JPEG (8 bits per sample, rounded) into <paramref name="stream"/>.</summary>
+    public void Encode(Stream stream, SKEncodedImageFormat format, int quality = 92)
+    {
+        bool gray = Channels == 1 && format == SKEncodedImageFormat.Png;
+        using var bmp = new SKBitmap(new SKImageInfo(Width, Height, gray ? SKColorType.Gray8 : SKColorType.Rgba8888, SKAlphaType.Opaque));
+        var px = bmp.GetPixelSpan();
+        int n = PixelCount;
+        static byte B(float v) => (byte)MathF.Round(Math.Clamp(float.IsNaN(v) ? 0f : v, 0f, 1f) * 255f);
+        if (gray)
+            for (int i = 0; i < n; i++) px[i] = B(Data[i]);
+        else
+            for (int i = 0; i < n; i++)
+            {
+                for (int c = 0; c < 3; c++) px[4 * i + c] = B(Data[(Channels == 3 ? c : 0) * n + i]);
+                px[4 * i + 3] = 255;
+            }
+        if (!bmp.Encode(stream, format, quality)) throw new IOException($"SkiaSharp could not encode a {Width}×{Height} {format} image");
     }
 }

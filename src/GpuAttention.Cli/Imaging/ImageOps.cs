@@ -1,4 +1,4 @@
-namespace GpuAttention.Imaging;
+namespace GpuAttention.Cli.Imaging;
 
 /// <summary>How <see cref="ImageOps.Resize"/> interpolates.</summary>
 public enum ResizeMode
