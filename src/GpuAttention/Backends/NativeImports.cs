@@ -5,8 +5,9 @@ namespace GpuAttention.Backends;
 
 /// <summary>
 /// The one DllImport resolver of this assembly (an assembly may register only one): each native binding
-/// (OpenCL, CUDA driver, NVRTC) loads its library lazily, with its own per-OS probing, and registers the
-/// handle here under the import name its <c>LibraryImport</c> declarations use.
+/// (CUDA driver, NVRTC) loads its library lazily, with its own per-OS probing, and registers the
+/// handle here under the import name its <c>LibraryImport</c> declarations use. OpenCL goes through Silk.NET.OpenCL
+/// (Native/Cl.cs), which uses <see cref="TryLoadFirst"/> only and resolves entry points itself.
 /// </summary>
 internal static class NativeImports
 {

@@ -1,6 +1,7 @@
 using GpuAttention.Backends.Kernels;
 using GpuAttention.Backends.Kernels.Tuning;
 using GpuAttention.Backends.OpenCL.Native;
+using Silk.NET.OpenCL;
 
 namespace GpuAttention.Backends.OpenCL;
 
@@ -34,18 +35,18 @@ internal sealed unsafe partial class OpenClBackend : KernelBackend
         Info = info;
         int err;
         nint dev = device;
-        var ctx = Cl.clCreateContext(null, 1, &dev, 0, 0, &err);
+        var ctx = Cl.Api.CreateContext(null, 1, &dev, null, null, &err);
         Cl.Check(err, "clCreateContext");
         _context = new ClContext(ctx);
-        var q = Cl.clCreateCommandQueue(ctx, device, 0, &err);
+        var q = Cl.Api.CreateCommandQueue(ctx, device, (CommandQueueProperties)0, &err);
         if (err != Cl.CL_SUCCESS) { _context.Dispose(); Cl.Check(err, "clCreateCommandQueue"); }
         _queue = new ClQueue(q);
-        ulong maxAlloc = Cl.DeviceValue<ulong>(device, Cl.CL_DEVICE_MAX_MEM_ALLOC_SIZE);
+        ulong maxAlloc = Cl.DeviceValue<ulong>(device, DeviceInfo.MaxMemAllocSize);
         MaxBufferElements = (long)Math.Min(maxAlloc / sizeof(float), long.MaxValue / sizeof(float));
-        MaxWorkGroupSize = (int)Cl.DeviceValue<nuint>(device, Cl.CL_DEVICE_MAX_WORK_GROUP_SIZE);
-        LocalMemBytes = (long)Cl.DeviceValue<ulong>(device, Cl.CL_DEVICE_LOCAL_MEM_SIZE);
+        MaxWorkGroupSize = (int)Cl.DeviceValue<nuint>(device, DeviceInfo.MaxWorkGroupSize);
+        LocalMemBytes = (long)Cl.DeviceValue<ulong>(device, DeviceInfo.LocalMemSize);
         Programs = new ProgramCache(_context, device);
-        TuningIdentity = new TuningDeviceIdentity("opencl", info.Platform, info.Name, Cl.DeviceString(device, Cl.CL_DRIVER_VERSION));
+        TuningIdentity = new TuningDeviceIdentity("opencl", info.Platform, info.Name, Cl.DeviceString(device, DeviceInfo.DriverVersion));
     }
 
     public override TuningDeviceIdentity TuningIdentity { get; }
@@ -70,32 +71,32 @@ internal sealed unsafe partial class OpenClBackend : KernelBackend
     {
         if (!Cl.TryLoad(out var reason)) throw new BackendUnavailableException(reason!);
         uint np;
-        int err = Cl.clGetPlatformIDs(0, null, &np);
+        int err = Cl.Api.GetPlatformIDs(0, null, &np);
         if (err == Cl.CL_PLATFORM_NOT_FOUND_KHR || err == Cl.CL_SUCCESS && np == 0)
             throw new BackendUnavailableException(OperatingSystem.IsLinux()
                 ? "opencl: no OpenCL platform (the ICD loader found no ICD in /etc/OpenCL/vendors; install one such as pocl-opencl-icd or a GPU driver)"
                 : "opencl: no OpenCL platform (no OpenCL driver is installed)");
         if (err != Cl.CL_SUCCESS) throw new BackendUnavailableException($"opencl: clGetPlatformIDs failed with {Cl.ErrorName(err)} ({err})");
         var platforms = new nint[np];
-        fixed (nint* p = platforms) Cl.Check(Cl.clGetPlatformIDs(np, p, null), "clGetPlatformIDs");
+        fixed (nint* p = platforms) Cl.Check(Cl.Api.GetPlatformIDs(np, p, null), "clGetPlatformIDs");
         var list = new List<(nint, OpenClDeviceInfo)>();
         foreach (var platform in platforms)
         {
             uint nd;
-            err = Cl.clGetDeviceIDs(platform, Cl.CL_DEVICE_TYPE_ALL, 0, null, &nd);
+            err = Cl.Api.GetDeviceIDs(platform, DeviceType.All, 0, null, &nd);
             if (err == Cl.CL_DEVICE_NOT_FOUND || nd == 0) continue;
             Cl.Check(err, "clGetDeviceIDs");
             var devices = new nint[nd];
-            fixed (nint* d = devices) Cl.Check(Cl.clGetDeviceIDs(platform, Cl.CL_DEVICE_TYPE_ALL, nd, d, null), "clGetDeviceIDs");
-            string pname = Cl.PlatformString(platform, Cl.CL_PLATFORM_NAME);
+            fixed (nint* d = devices) Cl.Check(Cl.Api.GetDeviceIDs(platform, DeviceType.All, nd, d, null), "clGetDeviceIDs");
+            string pname = Cl.PlatformString(platform, PlatformInfo.Name);
             foreach (var d in devices)
             {
-                string name = Cl.DeviceString(d, Cl.CL_DEVICE_NAME);
-                ulong type = Cl.DeviceValue<ulong>(d, Cl.CL_DEVICE_TYPE);
-                uint cu = Cl.DeviceValue<uint>(d, Cl.CL_DEVICE_MAX_COMPUTE_UNITS);
-                var ver = Cl.DeviceString(d, Cl.CL_DEVICE_VERSION).Split(' ', StringSplitOptions.RemoveEmptyEntries);
+                string name = Cl.DeviceString(d, DeviceInfo.Name);
+                ulong type = Cl.DeviceValue<ulong>(d, DeviceInfo.Type);
+                uint cu = Cl.DeviceValue<uint>(d, DeviceInfo.MaxComputeUnits);
+                var ver = Cl.DeviceString(d, DeviceInfo.Version).Split(' ', StringSplitOptions.RemoveEmptyEntries);
                 string version = ver.Length >= 2 ? ver[0] + " " + ver[1] : string.Join(" ", ver);
-                bool gpu = (type & Cl.CL_DEVICE_TYPE_GPU) != 0;
+                bool gpu = (type & (ulong)DeviceType.Gpu) != 0;
                 list.Add((d, new OpenClDeviceInfo(name, pname, gpu, $"{pname} / {name}, {version}, {cu} CU")));
             }
         }
@@ -132,7 +133,7 @@ internal sealed unsafe partial class OpenClBackend : KernelBackend
     private ClMem CreateMem(long bytes)
     {
         int err;
-        var h = Cl.clCreateBuffer(_context.Raw, Cl.CL_MEM_READ_WRITE, (nuint)bytes, null, &err);
+        var h = Cl.Api.CreateBuffer(_context.Raw, MemFlags.ReadWrite, (nuint)bytes, null, &err);
         Cl.Check(err, $"clCreateBuffer({bytes} bytes)");
         return new ClMem(h);
     }
@@ -143,7 +144,7 @@ internal sealed unsafe partial class OpenClBackend : KernelBackend
         if (offset < 0 || offset + src.Length > d.Length) throw new ArgumentOutOfRangeException(nameof(offset));
         if (src.Length == 0) return;
         fixed (float* p = src)
-            Cl.Check(Cl.clEnqueueWriteBuffer(_queue.Raw, d.Mem.Raw, Cl.CL_TRUE, (nuint)(offset * sizeof(float)), (nuint)src.Length * sizeof(float), p, 0, null, null), "clEnqueueWriteBuffer");
+            Cl.Check(Cl.Api.EnqueueWriteBuffer(_queue.Raw, d.Mem.Raw, true, (nuint)(offset * sizeof(float)), (nuint)src.Length * sizeof(float), p, 0, null, null), "clEnqueueWriteBuffer");
         GC.KeepAlive(d);
     }
 
@@ -153,7 +154,7 @@ internal sealed unsafe partial class OpenClBackend : KernelBackend
         if (offset < 0 || offset + dst.Length > s.Length) throw new ArgumentOutOfRangeException(nameof(offset));
         if (dst.Length == 0) return;
         fixed (float* p = dst)
-            Cl.Check(Cl.clEnqueueReadBuffer(_queue.Raw, s.Mem.Raw, Cl.CL_TRUE, (nuint)(offset * sizeof(float)), (nuint)dst.Length * sizeof(float), p, 0, null, null), "clEnqueueReadBuffer");
+            Cl.Check(Cl.Api.EnqueueReadBuffer(_queue.Raw, s.Mem.Raw, true, (nuint)(offset * sizeof(float)), (nuint)dst.Length * sizeof(float), p, 0, null, null), "clEnqueueReadBuffer");
         GC.KeepAlive(s);
     }
 
@@ -171,19 +172,23 @@ internal sealed unsafe partial class OpenClBackend : KernelBackend
             for (long o = 0; o < d.Length; o += chunk.Length) Write(d, o, chunk.AsSpan(0, (int)Math.Min(chunk.Length, d.Length - o)));
             return;
         }
-        Cl.Check(Cl.clEnqueueFillBuffer(_queue.Raw, d.Mem.Raw, &value, sizeof(float), 0, (nuint)d.Length * sizeof(float), 0, null, null), "clEnqueueFillBuffer");
+        Cl.Check(Cl.Api.EnqueueFillBuffer(_queue.Raw, d.Mem.Raw, &value, sizeof(float), 0, (nuint)d.Length * sizeof(float), 0, null, null), "clEnqueueFillBuffer");
         GC.KeepAlive(d);
     }
 
-    public override void Synchronize() => Cl.Check(Cl.clFinish(_queue.Raw), "clFinish");
+    public override void Synchronize() => Cl.Check(Cl.Api.Finish(_queue.Raw), "clFinish");
 
     /// <summary>A one-element buffer bound to optional buffer arguments that are absent (e.g. no mask).</summary>
     private ClMem Dummy => _dummy ??= CreateMem(sizeof(float));
 
     // ---------------- kernel launch helpers ----------------
 
-    private static void Arg<T>(ClKernel k, uint i, T value) where T : unmanaged =>
-        Cl.Check(Cl.clSetKernelArg(k.Raw, i, (nuint)sizeof(T), &value), $"clSetKernelArg({i})");
+    // Allocation free on success: the call's name for the exception is formatted only when the call failed.
+    private static void Arg<T>(ClKernel k, uint i, T value) where T : unmanaged
+    {
+        int err = Cl.Api.SetKernelArg(k.Raw, i, (nuint)sizeof(T), &value);
+        if (err != Cl.CL_SUCCESS) throw new OpenClException($"clSetKernelArg({i})", err);
+    }
 
     /// <summary>
     /// Sets the arguments and enqueues the kernel. The cl_kernel objects are shared through the program cache and
@@ -211,13 +216,14 @@ internal sealed unsafe partial class OpenClBackend : KernelBackend
             if (global[i] % local[i] != 0) throw new ArgumentException($"{kernel}: global size {global[i]} is not a multiple of the local size {local[i]}");
             g[i] = (nuint)global[i]; l[i] = (nuint)local[i];
         }
-        Cl.Check(Cl.clEnqueueNDRangeKernel(_queue.Raw, k.Raw, dims, null, g, l, 0, null, null), $"clEnqueueNDRangeKernel({kernel})");
+        int err = Cl.Api.EnqueueNdrangeKernel(_queue.Raw, k.Raw, dims, null, g, l, 0, null, null);
+        if (err != Cl.CL_SUCCESS) throw new OpenClException($"clEnqueueNDRangeKernel({kernel})", err);
         for (int i = 0; i < args.Length; i++) GC.KeepAlive(args[i].Buffer);
     }
 
     public override void Dispose()
     {
-        try { if (!_queue.IsClosed) Cl.clFinish(_queue.Raw); } catch (ObjectDisposedException) { }
+        try { if (!_queue.IsClosed) Cl.Api.Finish(_queue.Raw); } catch (ObjectDisposedException) { }
         Programs.Dispose();
         _dummy?.Dispose();
         DisposeScratch();

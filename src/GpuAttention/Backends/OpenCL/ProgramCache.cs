@@ -1,5 +1,6 @@
 using System.Text;
 using GpuAttention.Backends.OpenCL.Native;
+using Silk.NET.OpenCL;
 
 namespace GpuAttention.Backends.OpenCL;
 
@@ -58,7 +59,7 @@ internal sealed unsafe class ProgramCache : IDisposable
         {
             byte* sp = s;
             nuint len = (nuint)bytes.Length;
-            h = Cl.clCreateProgramWithSource(_context.Raw, 1, &sp, &len, &err);
+            h = Cl.Api.CreateProgramWithSource(_context.Raw, 1, &sp, &len, &err);
         }
         Cl.Check(err, "clCreateProgramWithSource");
         var program = new ClProgram(h);
@@ -66,7 +67,7 @@ internal sealed unsafe class ProgramCache : IDisposable
         {
             var opts = Encoding.UTF8.GetBytes(options + "\0");
             nint dev = _device;
-            fixed (byte* o = opts) err = Cl.clBuildProgram(program.Raw, 1, &dev, o, 0, 0);
+            fixed (byte* o = opts) err = Cl.Api.BuildProgram(program.Raw, 1, &dev, o, null, null);
             if (err != Cl.CL_SUCCESS)
             {
                 string log = BuildLog(program);
@@ -89,7 +90,7 @@ internal sealed unsafe class ProgramCache : IDisposable
         var n = Encoding.ASCII.GetBytes(name + "\0");
         int err;
         nint k;
-        fixed (byte* p = n) k = Cl.clCreateKernel(program.Raw, p, &err);
+        fixed (byte* p = n) k = Cl.Api.CreateKernel(program.Raw, p, &err);
         Cl.Check(err, $"clCreateKernel({name})");
         return new ClKernel(k);
     }
@@ -97,10 +98,10 @@ internal sealed unsafe class ProgramCache : IDisposable
     private string BuildLog(ClProgram program)
     {
         nuint size;
-        if (Cl.clGetProgramBuildInfo(program.Raw, _device, Cl.CL_PROGRAM_BUILD_LOG, 0, null, &size) != Cl.CL_SUCCESS || size == 0) return "";
+        if (Cl.Api.GetProgramBuildInfo(program.Raw, _device, ProgramBuildInfo.BuildLog, 0, null, &size) != Cl.CL_SUCCESS || size == 0) return "";
         var buf = new byte[(int)size];
         fixed (byte* b = buf)
-            if (Cl.clGetProgramBuildInfo(program.Raw, _device, Cl.CL_PROGRAM_BUILD_LOG, size, b, null) != Cl.CL_SUCCESS) return "";
+            if (Cl.Api.GetProgramBuildInfo(program.Raw, _device, ProgramBuildInfo.BuildLog, size, b, null) != Cl.CL_SUCCESS) return "";
         return Cl.Decode(buf);
     }
 

@@ -1,125 +1,30 @@
-using System.Reflection;
 using System.Runtime.InteropServices;
 using System.Text;
+using Silk.NET.Core.Contexts;
+using Silk.NET.OpenCL;
 
 namespace GpuAttention.Backends.OpenCL.Native;
 
 
 /// <summary>
-/// Hand-written bindings to the OpenCL 1.2 ICD loader (source-generated P/Invoke). The library is found lazily
-/// per OS by <see cref="TryLoad"/>; the import name "OpenCL" is resolved to it by a DllImport resolver.
-/// Handles are passed as <see cref="nint"/>; ownership lives in the SafeHandles of ClHandles.cs.
+/// The thin layer over Silk.NET.OpenCL: <see cref="Api"/> is Silk's <see cref="CL"/> bound to the ICD loader that
+/// <see cref="TryLoad"/> found (probed per OS with <see cref="NativeLibrary"/>, entry points resolved by
+/// <see cref="NativeLibrary.GetExport"/>, so neither Silk's own loader nor reflection is involved and a trimmed app
+/// keeps working). Handles are passed as <see cref="nint"/>; ownership lives in the SafeHandles of ClHandles.cs.
+/// The helpers turn error codes into <see cref="OpenClException"/>.
 /// </summary>
-internal static unsafe partial class Cl
+internal static unsafe class Cl
 {
-    private const string Lib = "OpenCL";
-
-    // --- constants (cl.h) ---
-    public const int CL_SUCCESS = 0;
-    public const int CL_DEVICE_NOT_FOUND = -1;
-    public const int CL_BUILD_PROGRAM_FAILURE = -11;
+    // --- the cl.h codes the backend tests for (Silk's ErrorCodes holds them too; ints compare without casts) ---
+    public const int CL_SUCCESS = (int)ErrorCodes.Success;
+    public const int CL_DEVICE_NOT_FOUND = (int)ErrorCodes.DeviceNotFound;
+    public const int CL_BUILD_PROGRAM_FAILURE = (int)ErrorCodes.BuildProgramFailure;
     public const int CL_PLATFORM_NOT_FOUND_KHR = -1001;
 
-    public const uint CL_PLATFORM_VERSION = 0x0901;
-    public const uint CL_PLATFORM_NAME = 0x0902;
-    public const uint CL_PLATFORM_VENDOR = 0x0903;
+    private static CL? s_api;
 
-    public const ulong CL_DEVICE_TYPE_CPU = 1 << 1;
-    public const ulong CL_DEVICE_TYPE_GPU = 1 << 2;
-    public const ulong CL_DEVICE_TYPE_ACCELERATOR = 1 << 3;
-    public const ulong CL_DEVICE_TYPE_ALL = 0xFFFFFFFF;
-
-    public const uint CL_DEVICE_TYPE = 0x1000;
-    public const uint CL_DEVICE_MAX_COMPUTE_UNITS = 0x1002;
-    public const uint CL_DEVICE_MAX_WORK_GROUP_SIZE = 0x1004;
-    public const uint CL_DEVICE_MAX_MEM_ALLOC_SIZE = 0x1010;
-    public const uint CL_DEVICE_LOCAL_MEM_SIZE = 0x1023;
-    public const uint CL_DEVICE_NAME = 0x102B;
-    public const uint CL_DEVICE_VENDOR = 0x102C;
-    public const uint CL_DEVICE_VERSION = 0x102F;
-    public const uint CL_DRIVER_VERSION = 0x102D;
-
-    public const ulong CL_MEM_READ_WRITE = 1 << 0;
-    public const uint CL_PROGRAM_BUILD_LOG = 0x1183;
-    public const uint CL_KERNEL_WORK_GROUP_SIZE = 0x11B0;
-    public const uint CL_TRUE = 1, CL_FALSE = 0;
-
-    // --- platform / device ---
-    [LibraryImport(Lib)] [DefaultDllImportSearchPaths(DllImportSearchPath.SafeDirectories)]
-    public static partial int clGetPlatformIDs(uint numEntries, nint* platforms, uint* numPlatforms);
-
-    [LibraryImport(Lib)] [DefaultDllImportSearchPaths(DllImportSearchPath.SafeDirectories)]
-    public static partial int clGetPlatformInfo(nint platform, uint paramName, nuint size, void* value, nuint* sizeRet);
-
-    [LibraryImport(Lib)] [DefaultDllImportSearchPaths(DllImportSearchPath.SafeDirectories)]
-    public static partial int clGetDeviceIDs(nint platform, ulong deviceType, uint numEntries, nint* devices, uint* numDevices);
-
-    [LibraryImport(Lib)] [DefaultDllImportSearchPaths(DllImportSearchPath.SafeDirectories)]
-    public static partial int clGetDeviceInfo(nint device, uint paramName, nuint size, void* value, nuint* sizeRet);
-
-    // --- context / queue ---
-    [LibraryImport(Lib)] [DefaultDllImportSearchPaths(DllImportSearchPath.SafeDirectories)]
-    public static partial nint clCreateContext(nint* properties, uint numDevices, nint* devices, nint pfnNotify, nint userData, int* errcode);
-
-    [LibraryImport(Lib)] [DefaultDllImportSearchPaths(DllImportSearchPath.SafeDirectories)]
-    public static partial nint clCreateCommandQueue(nint context, nint device, ulong properties, int* errcode);
-
-    [LibraryImport(Lib)] [DefaultDllImportSearchPaths(DllImportSearchPath.SafeDirectories)]
-    public static partial int clReleaseContext(nint context);
-
-    [LibraryImport(Lib)] [DefaultDllImportSearchPaths(DllImportSearchPath.SafeDirectories)]
-    public static partial int clReleaseCommandQueue(nint queue);
-
-    [LibraryImport(Lib)] [DefaultDllImportSearchPaths(DllImportSearchPath.SafeDirectories)]
-    public static partial int clFinish(nint queue);
-
-    // --- memory ---
-    [LibraryImport(Lib)] [DefaultDllImportSearchPaths(DllImportSearchPath.SafeDirectories)]
-    public static partial nint clCreateBuffer(nint context, ulong flags, nuint size, void* hostPtr, int* errcode);
-
-    [LibraryImport(Lib)] [DefaultDllImportSearchPaths(DllImportSearchPath.SafeDirectories)]
-    public static partial int clReleaseMemObject(nint mem);
-
-    [LibraryImport(Lib)] [DefaultDllImportSearchPaths(DllImportSearchPath.SafeDirectories)]
-    public static partial int clEnqueueWriteBuffer(nint queue, nint buffer, uint blocking, nuint offset, nuint size, void* ptr,
-        uint numEvents, nint* waitList, nint* evt);
-
-    [LibraryImport(Lib)] [DefaultDllImportSearchPaths(DllImportSearchPath.SafeDirectories)]
-    public static partial int clEnqueueReadBuffer(nint queue, nint buffer, uint blocking, nuint offset, nuint size, void* ptr,
-        uint numEvents, nint* waitList, nint* evt);
-
-    [LibraryImport(Lib)] [DefaultDllImportSearchPaths(DllImportSearchPath.SafeDirectories)]
-    public static partial int clEnqueueFillBuffer(nint queue, nint buffer, void* pattern, nuint patternSize, nuint offset, nuint size,
-        uint numEvents, nint* waitList, nint* evt);
-
-    // --- programs / kernels ---
-    [LibraryImport(Lib)] [DefaultDllImportSearchPaths(DllImportSearchPath.SafeDirectories)]
-    public static partial nint clCreateProgramWithSource(nint context, uint count, byte** strings, nuint* lengths, int* errcode);
-
-    [LibraryImport(Lib)] [DefaultDllImportSearchPaths(DllImportSearchPath.SafeDirectories)]
-    public static partial int clBuildProgram(nint program, uint numDevices, nint* devices, byte* options, nint pfnNotify, nint userData);
-
-    [LibraryImport(Lib)] [DefaultDllImportSearchPaths(DllImportSearchPath.SafeDirectories)]
-    public static partial int clGetProgramBuildInfo(nint program, nint device, uint paramName, nuint size, void* value, nuint* sizeRet);
-
-    [LibraryImport(Lib)] [DefaultDllImportSearchPaths(DllImportSearchPath.SafeDirectories)]
-    public static partial int clReleaseProgram(nint program);
-
-    [LibraryImport(Lib)] [DefaultDllImportSearchPaths(DllImportSearchPath.SafeDirectories)]
-    public static partial nint clCreateKernel(nint program, byte* name, int* errcode);
-
-    [LibraryImport(Lib)] [DefaultDllImportSearchPaths(DllImportSearchPath.SafeDirectories)]
-    public static partial int clSetKernelArg(nint kernel, uint index, nuint size, void* value);
-
-    [LibraryImport(Lib)] [DefaultDllImportSearchPaths(DllImportSearchPath.SafeDirectories)]
-    public static partial int clGetKernelWorkGroupInfo(nint kernel, nint device, uint paramName, nuint size, void* value, nuint* sizeRet);
-
-    [LibraryImport(Lib)] [DefaultDllImportSearchPaths(DllImportSearchPath.SafeDirectories)]
-    public static partial int clEnqueueNDRangeKernel(nint queue, nint kernel, uint workDim, nuint* globalOffset, nuint* globalSize,
-        nuint* localSize, uint numEvents, nint* waitList, nint* evt);
-
-    [LibraryImport(Lib)] [DefaultDllImportSearchPaths(DllImportSearchPath.SafeDirectories)]
-    public static partial int clReleaseKernel(nint kernel);
+    /// <summary>Silk's OpenCL API; valid after <see cref="TryLoad"/> returned true (every handle comes from a loaded API).</summary>
+    public static CL Api => s_api ?? throw new InvalidOperationException("opencl: the OpenCL library is not loaded");
 
     // --- loading ---
 
@@ -129,38 +34,28 @@ internal static unsafe partial class Cl
         : OperatingSystem.IsMacOS() ? ["/System/Library/Frameworks/OpenCL.framework/OpenCL", "libOpenCL.dylib"]
         : ["libOpenCL.so.1", "libOpenCL.so"];
 
-    private static readonly Lazy<(nint Handle, string? Error)> Loaded = new(Load, LazyThreadSafetyMode.ExecutionAndPublication);
+    private static readonly Lazy<string?> Loaded = new(Load, LazyThreadSafetyMode.ExecutionAndPublication);
 
-    private static (nint, string?) Load()
+    private static string? Load()
     {
-        foreach (var name in Candidates)
+        if (NativeImports.TryLoadFirst(Candidates, out var h, out _))
         {
-            if (NativeLibrary.TryLoad(name, out var h))
-            {
-                // An assembly may have only one DllImport resolver: it is shared with the CUDA bindings (NativeImports).
-                try
-                {
-                    NativeImports.Register(Lib, h);
-                }
-                catch (InvalidOperationException)
-                {
-                    return (nint.Zero, "opencl: another DllImport resolver is already registered for GpuAttention; cannot bind OpenCL");
-                }
-                return (h, null);
-            }
+            // The library stays loaded for the process (as the ICD loader expects); a missing export surfaces as Silk's
+            // SymbolLoadingException on first use of that call.
+            s_api = new CL(new LamdaNativeContext(name => NativeLibrary.TryGetExport(h, name, out var f) ? f : 0));
+            return null;
         }
         string hint = OperatingSystem.IsWindows() ? "install a GPU driver that ships OpenCL.dll"
             : OperatingSystem.IsMacOS() ? "the OpenCL framework is missing"
             : "install ocl-icd-libopencl1 and an ICD such as pocl-opencl-icd";
-        return (nint.Zero, $"opencl: {Candidates[0]} not found ({hint})");
+        return $"opencl: {Candidates[0]} not found ({hint})";
     }
 
     /// <summary>Loads the OpenCL library once; false with the reason when it is missing.</summary>
     public static bool TryLoad(out string? reason)
     {
-        var (h, err) = Loaded.Value;
-        reason = err;
-        return h != nint.Zero;
+        reason = Loaded.Value;
+        return reason is null;
     }
 
     // --- helpers ---
@@ -171,28 +66,28 @@ internal static unsafe partial class Cl
         if (err != CL_SUCCESS) throw new OpenClException(call, err);
     }
 
-    public static string PlatformString(nint platform, uint param)
+    public static string PlatformString(nint platform, PlatformInfo param)
     {
         nuint size;
-        Check(clGetPlatformInfo(platform, param, 0, null, &size), "clGetPlatformInfo");
+        Check(Api.GetPlatformInfo(platform, param, 0, null, &size), "clGetPlatformInfo");
         var buf = new byte[(int)size];
-        fixed (byte* p = buf) Check(clGetPlatformInfo(platform, param, size, p, null), "clGetPlatformInfo");
+        fixed (byte* p = buf) Check(Api.GetPlatformInfo(platform, param, size, p, null), "clGetPlatformInfo");
         return Decode(buf);
     }
 
-    public static string DeviceString(nint device, uint param)
+    public static string DeviceString(nint device, DeviceInfo param)
     {
         nuint size;
-        Check(clGetDeviceInfo(device, param, 0, null, &size), "clGetDeviceInfo");
+        Check(Api.GetDeviceInfo(device, param, 0, null, &size), "clGetDeviceInfo");
         var buf = new byte[(int)size];
-        fixed (byte* p = buf) Check(clGetDeviceInfo(device, param, size, p, null), "clGetDeviceInfo");
+        fixed (byte* p = buf) Check(Api.GetDeviceInfo(device, param, size, p, null), "clGetDeviceInfo");
         return Decode(buf);
     }
 
-    public static T DeviceValue<T>(nint device, uint param) where T : unmanaged
+    public static T DeviceValue<T>(nint device, DeviceInfo param) where T : unmanaged
     {
         T v = default;
-        Check(clGetDeviceInfo(device, param, (nuint)sizeof(T), &v, null), "clGetDeviceInfo");
+        Check(Api.GetDeviceInfo(device, param, (nuint)sizeof(T), &v, null), "clGetDeviceInfo");
         return v;
     }
 

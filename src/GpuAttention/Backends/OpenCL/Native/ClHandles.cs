@@ -32,29 +32,29 @@ internal abstract class ClHandle : SafeHandle
 /// <summary>A cl_context.</summary>
 internal sealed class ClContext(nint h) : ClHandle(h)
 {
-    protected override bool Release(nint h) => Cl.clReleaseContext(h) == Cl.CL_SUCCESS;
+    protected override bool Release(nint h) => Cl.Api.ReleaseContext(h) == Cl.CL_SUCCESS;
 }
 
 /// <summary>A cl_command_queue.</summary>
 internal sealed class ClQueue(nint h) : ClHandle(h)
 {
-    protected override bool Release(nint h) => Cl.clReleaseCommandQueue(h) == Cl.CL_SUCCESS;
+    protected override bool Release(nint h) => Cl.Api.ReleaseCommandQueue(h) == Cl.CL_SUCCESS;
 }
 
 /// <summary>A cl_mem buffer (OpenCL defers the actual free until queued commands using it have finished).</summary>
 internal sealed class ClMem(nint h) : ClHandle(h)
 {
-    protected override bool Release(nint h) => Cl.clReleaseMemObject(h) == Cl.CL_SUCCESS;
+    protected override bool Release(nint h) => Cl.Api.ReleaseMemObject(h) == Cl.CL_SUCCESS;
 }
 
 /// <summary>A cl_program.</summary>
 internal sealed class ClProgram(nint h) : ClHandle(h)
 {
-    protected override bool Release(nint h) => Cl.clReleaseProgram(h) == Cl.CL_SUCCESS;
+    protected override bool Release(nint h) => Cl.Api.ReleaseProgram(h) == Cl.CL_SUCCESS;
 }
 
 /// <summary>A cl_kernel.</summary>
 internal sealed class ClKernel(nint h) : ClHandle(h)
 {
-    protected override bool Release(nint h) => Cl.clReleaseKernel(h) == Cl.CL_SUCCESS;
+    protected override bool Release(nint h) => Cl.Api.ReleaseKernel(h) == Cl.CL_SUCCESS;
 }
