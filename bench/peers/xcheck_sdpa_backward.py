@@ -1,5 +1,6 @@
 # Cross-checks `gpuattention run sdpa-backward` against PyTorch float64 autograd (by hand; the test suite needs no Python).
-# usage: python3 bench/peers/xcheck_sdpa_backward.py   (after dotnet build)
+# Also checks `run sdpa` (out, lse) on the same inputs.
+# usage: python3 bench/peers/xcheck_sdpa_backward.py [BACKEND,BACKEND...]   (after dotnet build; default cpu,opencl)
 import numpy as np, torch, subprocess, os, tempfile, sys, json
 CLI = os.environ.get("GPUATTENTION_CLI", os.path.join(os.path.dirname(__file__), "../../src/GpuAttention.Cli/bin/Debug/net10.0/gpuattention.dll"))
 def case(B,Hq,Hkv,L,S,E,Ev,causal=False,mask=None,scale=None,seed=0,backend="cpu"):
@@ -26,12 +27,20 @@ def case(B,Hq,Hkv,L,S,E,Ev,causal=False,mask=None,scale=None,seed=0,backend="cpu
     args=["dotnet",CLI,"run","sdpa-backward","--backend",backend,"--in",d,"--out",od]+(["--causal"] if causal else [])+(["--scale",str(scale)] if scale else [])
     r=subprocess.run(args,capture_output=True,text=True)
     if r.returncode: print("FAIL",r.stderr); return
+    fd=tempfile.mkdtemp()
+    r=subprocess.run(args[:3]+["sdpa"]+args[4:6]+["--in",d,"--out",fd]+args[10:],capture_output=True,text=True)
+    if r.returncode: print("FAIL",r.stderr); return
     errs=[]
+    for n,t in (("out",o),("lse",lse)):
+        a=np.load(f"{fd}/{n}.npy").astype(np.float64); ref=t.detach().numpy()
+        fin=np.isfinite(ref)
+        if not np.array_equal(fin,np.isfinite(a)): errs.append(np.inf); continue
+        errs.append(np.linalg.norm(a[fin]-ref[fin])/max(np.linalg.norm(ref[fin]),1e-30))
     for n,t in (("grad_q",tq),("grad_k",tk),("grad_v",tv)):
         a=np.load(f"{od}/{n}.npy").astype(np.float64); ref=t.grad.numpy()
         errs.append(np.linalg.norm(a-ref)/np.linalg.norm(ref))
     print(backend,(B,Hq,Hkv,L,S,E,Ev),"causal" if causal else "", mask or "", "max rel err %.2e"%max(errs), "OK" if max(errs)<=1e-4 else "BAD")
-for be in ["cpu","opencl"]:
+for be in (sys.argv[1] if len(sys.argv) > 1 else "cpu,opencl").split(","):
     case(2,4,2,37,53,17,23,backend=be)
     case(1,6,2,70,133,64,64,causal=True,backend=be,seed=1)
     case(2,2,1,45,21,16,8,causal=True,mask="bool",backend=be,seed=2)

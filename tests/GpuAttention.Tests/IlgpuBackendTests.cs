@@ -111,8 +111,6 @@ public class IlgpuBackendTests
             using var tc = device.Wrap(bufC.View.SubView(0, batch * m * n), batch, m, n);
             device.Gemm(ta, tb, tc, alpha: 0.5f);
             device.Synchronize();
-            // TODO(SDPA engineer): once IlgpuBackend.Sdpa.cs lands on main, run device.Sdpa / SdpaBackward here on wrapped
-            // q, k, v, out, lse and grad buffers and read them back the same way.
 
             Assert.Throws<TensorShapeException>(() => device.Wrap(bufA.View, batch, m, k + 1));
             using var other = Device.Open("cpu");
@@ -126,6 +124,59 @@ public class IlgpuBackendTests
         Assert.That(got.AsSpan(batch * m * n).ToArray(), Is.All.NaN, "elements past the wrapped view untouched");
         // The wrapped buffers still belong to the caller: usable after the device is gone.
         Assert.That(bufA.GetAsArray1D(), Is.EqualTo(a));
+    }
+
+    /// <summary>The same for attention: the engine's q, k, v, out, lse, grad_out and gradient buffers wrapped, SDPA forward and
+    /// backward (GQA, causal, L ≠ S, tails off the tiles) run on the engine's stream, results read from the engine's buffers.</summary>
+    [Test]
+    public void EmbeddedInACallersAcceleratorSdpaWritesTheCallersBuffers()
+    {
+        using var context = Context.Create(b => b.CPU(CPUDeviceKind.Nvidia).Math(MathMode.Fast32BitOnly).EnableAlgorithms());
+        using var accelerator = context.CreateCPUAccelerator(0);
+        using var stream = accelerator.CreateStream();
+        const int B = 1, Hq = 4, Hkv = 2, L = 37, S = 45, E = 17, Ev = 9;
+        var rng = new Random(TestUtil.Seed("embedded sdpa"));
+        var q = TestUtil.Random(rng, B * Hq * L * E);
+        var k = TestUtil.Random(rng, B * Hkv * S * E);
+        var v = TestUtil.Random(rng, B * Hkv * S * Ev);
+        var g = TestUtil.Random(rng, B * Hq * L * Ev);
+        using var bq = accelerator.Allocate1D(q);
+        using var bk = accelerator.Allocate1D(k);
+        using var bv = accelerator.Allocate1D(v);
+        using var bg = accelerator.Allocate1D(g);
+        using var bo = accelerator.Allocate1D<float>(B * Hq * L * Ev);
+        using var bl = accelerator.Allocate1D<float>(B * Hq * L);
+        using var bdq = accelerator.Allocate1D<float>(q.Length);
+        using var bdk = accelerator.Allocate1D<float>(k.Length);
+        using var bdv = accelerator.Allocate1D<float>(v.Length);
+        foreach (var buf in new[] { bo, bl, bdq, bdk, bdv }) buf.MemSet(0xFF);   // NaN poison
+        accelerator.Synchronize();
+
+        var opts = new SdpaOptions(IsCausal: true);
+        using (var device = Device.FromAccelerator(accelerator, stream))
+        {
+            Assert.That(device.SupportsOp(OpKind.Sdpa) && device.SupportsOp(OpKind.SdpaBackward), Is.True);
+            using var tq = device.Wrap(bq, B, Hq, L, E);
+            using var tk = device.Wrap(bk, B, Hkv, S, E);
+            using var tv = device.Wrap(bv, B, Hkv, S, Ev);
+            using var tg = device.Wrap(bg, B, Hq, L, Ev);
+            using var to = device.Wrap(bo, B, Hq, L, Ev);
+            using var tl = device.Wrap(bl, B, Hq, L);
+            using var tdq = device.Wrap(bdq, B, Hq, L, E);
+            using var tdk = device.Wrap(bdk, B, Hkv, S, E);
+            using var tdv = device.Wrap(bdv, B, Hkv, S, Ev);
+            device.Sdpa(tq, tk, tv, to, tl, null, opts);
+            device.SdpaBackward(tq, tk, tv, to, tl, tg, tdq, tdk, tdv, null, opts);
+            device.Synchronize();
+        }
+        float scale = 1f / MathF.Sqrt(E);
+        var (o, lse) = ReferenceOps.SdpaForward(q, k, v, B, Hq, Hkv, L, S, E, Ev, scale, true, null, null);
+        TestUtil.AssertClose(bo.GetAsArray1D(), o, 1e-5, "out");
+        TestUtil.AssertClose(bl.GetAsArray1D(), lse, 1e-5, "lse");
+        var (dq, dk, dv) = ReferenceOps.SdpaBackward(q, k, v, g, B, Hq, Hkv, L, S, E, Ev, scale, true, null, null);
+        TestUtil.AssertClose(bdq.GetAsArray1D(), dq, 1e-4, "grad_q");
+        TestUtil.AssertClose(bdk.GetAsArray1D(), dk, 1e-4, "grad_k");
+        TestUtil.AssertClose(bdv.GetAsArray1D(), dv, 1e-4, "grad_v");
     }
 
     [Test]
