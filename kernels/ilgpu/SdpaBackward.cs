@@ -8,7 +8,7 @@ namespace GpuAttention.Kernels.Ilgpu;
 /// Fused SDPA backward (FlashAttention-2, Dao 2023, arXiv:2307.08691, Algorithm 2) for ILGPU, as three kernels without
 /// floating-point atomics (deterministic): <see cref="Preprocess"/> D = rowsum(dO∘O); <see cref="DkDv"/> parallel over key
 /// blocks (accumulates over every query row of every query head of the GQA group); <see cref="Dq"/> parallel over query
-/// blocks. Both recompute P = exp2(log2e·(scale·q·kᵀ + mask) − log2e·lse) tile by tile. A row with lse = -inf (fully masked)
+/// blocks. Both recompute P = exp2(log2e·(ln2·x − lse)), x = log2e·(scale·q·kᵀ + mask) as the forward computed it, tile by tile. A row with lse = -inf (fully masked)
 /// contributes nothing; a key whose P is exactly 0 receives nothing from that row (weights of 0 are skipped, so a NaN/∞ in
 /// the row's q or dO never reaches it through 0·∞). Host code: <c>src/GpuAttention/Backends/Ilgpu/IlgpuSdpa.cs</c>.
 /// </summary>
@@ -27,15 +27,20 @@ internal static class SdpaBackwardKernels
         if (lane == 0) dsum[row] = acc;
     }
 
-    /// <summary>P of (row i, key j) from its log2-domain score and log2e·lse; exactly 0 when hidden (past L or S, causal)
-    /// or when the row is fully masked (lse = -inf).</summary>
+    /// <summary>P of (row i, key j) from its log2-domain score (computed exactly as the forward did) and the row's natural
+    /// lse; exactly 0 when hidden (past L or S, causal) or when the row is fully masked (lse = -inf).</summary>
+    /// <remarks>The difference is taken in the natural domain, ln2·x − lse, not as x − log2e·lse: the forward wrote
+    /// lse = ln2·(m + log2 l), so for the row's largest score (x = m) with huge scores (|m| ≫ 2²⁴·log2 l) both terms round
+    /// to the same float and P = 1 exactly, where log2e·lse could miss m by an ulp of m (about 10⁸ at 10¹⁵) and make P
+    /// overflow. An argument above 0 is only rounding (P ≤ 1), so it is clamped; NaN passes through.</remarks>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static float Prob(float dot, float lse2, ArrayView<float> mask, SdpaParams p, long mrow, int i, int j, int jend)
+    private static float Prob(float dot, float lse, ArrayView<float> mask, SdpaParams p, long mrow, int i, int j, int jend)
     {
-        if (i >= p.L || j >= jend || p.Causal != 0 && j > i || lse2 == float.NegativeInfinity) return 0f;
+        if (i >= p.L || j >= jend || p.Causal != 0 && j > i || lse == float.NegativeInfinity) return 0f;
         float x = dot;
         if (p.HasMask != 0) x += mask[mrow + i * p.Msl + j * p.Mss] * SdpaMath.Log2E;
-        return SdpaMath.Exp2(x - lse2);
+        float t = (x * SdpaMath.Ln2 - lse) * SdpaMath.Log2E;
+        return SdpaMath.Exp2(t > 0f ? 0f : t);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -82,7 +87,7 @@ internal static class SdpaBackwardKernels
 
         int rq = warp * 4, i0 = row0 + rq;
         long rb = (long)bh * p.L + i0;
-        var lse2 = new Row4(RowLse(lse, rb, i0, p.L), RowLse(lse, rb + 1, i0 + 1, p.L), RowLse(lse, rb + 2, i0 + 2, p.L), RowLse(lse, rb + 3, i0 + 3, p.L));
+        var lseRow = new Row4(RowLse(lse, rb, i0, p.L), RowLse(lse, rb + 1, i0 + 1, p.L), RowLse(lse, rb + 2, i0 + 2, p.L), RowLse(lse, rb + 3, i0 + 3, p.L));
         var dd = new Row4(RowD(dsum, rb, i0, p.L), RowD(dsum, rb + 1, i0 + 1, p.L), RowD(dsum, rb + 2, i0 + 2, p.L), RowD(dsum, rb + 3, i0 + 3, p.L));
         long mrow = (long)b * p.Msb + (long)h * p.Msh;
         Row4 g0 = default, g1 = default, g2 = default, g3 = default, g4 = default, g5 = default, g6 = default, g7 = default;
@@ -110,8 +115,8 @@ internal static class SdpaBackwardKernels
                     s.C + qs[(rq + 2) * DE + c] * kc, s.D + qs[(rq + 3) * DE + c] * kc);
             }
             int j = kb + lane;
-            var pr = new Row4(Prob(s.A, lse2.A, mask, p, mrow, i0, j, kend), Prob(s.B, lse2.B, mask, p, mrow, i0 + 1, j, kend),
-                Prob(s.C, lse2.C, mask, p, mrow, i0 + 2, j, kend), Prob(s.D, lse2.D, mask, p, mrow, i0 + 3, j, kend));
+            var pr = new Row4(Prob(s.A, lseRow.A, mask, p, mrow, i0, j, kend), Prob(s.B, lseRow.B, mask, p, mrow, i0 + 1, j, kend),
+                Prob(s.C, lseRow.C, mask, p, mrow, i0 + 2, j, kend), Prob(s.D, lseRow.D, mask, p, mrow, i0 + 3, j, kend));
             var ds = new Row4(Ds(pr.A, dp.A, dd.A), Ds(pr.B, dp.B, dd.B), Ds(pr.C, dp.C, dd.C), Ds(pr.D, dp.D, dd.D));
 
             int nk = XMath.Min(32, kend - kb);
@@ -138,7 +143,7 @@ internal static class SdpaBackwardKernels
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static float RowLse(ArrayView<float> lse, long row, int i, int L) => i < L ? lse[row] * SdpaMath.Log2E : float.NegativeInfinity;
+    private static float RowLse(ArrayView<float> lse, long row, int i, int L) => i < L ? lse[row] : float.NegativeInfinity;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static float RowD(ArrayView<float> dsum, long row, int i, int L) => i < L ? dsum[row] : 0f;
@@ -202,7 +207,7 @@ internal static class SdpaBackwardKernels
             for (int i0 = istart; i0 < p.L; i0 += 32)
             {
                 int i = i0 + lane;
-                float lse2 = i < p.L ? lse[qb + i] * SdpaMath.Log2E : float.NegativeInfinity;
+                float lseRow = i < p.L ? lse[qb + i] : float.NegativeInfinity;
                 float d = i < p.L ? dsum[qb + i] : 0f;
 
                 SdpaMath.LoadTile(tile, q, qb, i0, p.L, p.E, DE, MX, NT, p.ScaleLog2);
@@ -214,8 +219,8 @@ internal static class SdpaBackwardKernels
                     s = new Row4(s.A + ks[rk * DE + c] * qc, s.B + ks[(rk + 1) * DE + c] * qc,
                         s.C + ks[(rk + 2) * DE + c] * qc, s.D + ks[(rk + 3) * DE + c] * qc);
                 }
-                var pr = new Row4(Prob(s.A, lse2, mask, p, mrow, i, jr, p.S), Prob(s.B, lse2, mask, p, mrow, i, jr + 1, p.S),
-                    Prob(s.C, lse2, mask, p, mrow, i, jr + 2, p.S), Prob(s.D, lse2, mask, p, mrow, i, jr + 3, p.S));
+                var pr = new Row4(Prob(s.A, lseRow, mask, p, mrow, i, jr, p.S), Prob(s.B, lseRow, mask, p, mrow, i, jr + 1, p.S),
+                    Prob(s.C, lseRow, mask, p, mrow, i, jr + 2, p.S), Prob(s.D, lseRow, mask, p, mrow, i, jr + 3, p.S));
                 Group.Barrier();
 
                 SdpaMath.LoadTile(tile, dO, qb, i0, p.L, p.Ev, DV, MX, NT, 1f);
