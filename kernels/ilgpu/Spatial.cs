@@ -25,6 +25,39 @@ using ILGPU.Algorithms;
 
 namespace GpuAttention.Kernels.Ilgpu;
 
+/// <summary>An atomic float add as a compile-time choice of the kernel (a type parameter: no runtime branch).</summary>
+internal interface IFloatAtomicAdd
+{
+    /// <summary>view[index] += value, atomically.</summary>
+    void Add(ArrayView<float> view, long index, float value);
+}
+
+/// <summary>ILGPU's <c>Atomic.Add</c>: the native float atomic on CUDA (red.global.add.f32) and OpenCL.</summary>
+internal struct NativeFloatAdd : IFloatAtomicAdd
+{
+    public readonly void Add(ArrayView<float> view, long index, float value) => Atomic.Add(ref view[index], value);
+}
+
+/// <summary>
+/// A compare-and-swap loop on the float's bits. ILGPU 1.5.3's CPU simulator implements <c>Atomic.Add(ref float, float)</c> as
+/// a compare-exchange loop whose exit test compares floats, so once the target holds NaN (NaN ≠ NaN) the loop never ends:
+/// a NaN grad_out would hang the simulator. Comparing the bits ends it after one successful exchange, whatever the value.
+/// </summary>
+internal struct BitwiseCasFloatAdd : IFloatAtomicAdd
+{
+    public readonly void Add(ArrayView<float> view, long index, float value)
+    {
+        ref uint bits = ref view.Cast<uint>()[index];
+        uint seen = bits;
+        while (true)
+        {
+            uint assumed = seen;
+            seen = Atomic.CompareExchange(ref bits, assumed, Interop.FloatAsInt(Interop.IntAsFloat(assumed) + value));
+            if (seen == assumed) return;
+        }
+    }
+}
+
 /// <summary>Uniform parameters of one spatial-transformer launch (passed by value to the kernels).</summary>
 internal struct SpatialParams
 {
@@ -354,9 +387,13 @@ internal static class SpatialKernels
     }
 
     /// <summary>Opt-in atomic grad_input scatter (nondeterministic summation order): one thread per (point p, image n), float
-    /// atomic adds into grad_input (zeroed by the host); the point is resolved once for all channels.</summary>
-    public static void BackwardInputAtomic(Index2D index, ArrayView<float> grid, ArrayView<float> theta, ArrayView<float> gradOut, ArrayView<float> gradInput, SpatialParams sp)
+    /// atomic adds into grad_input (zeroed by the host); the point is resolved once for all channels. <typeparamref name="TAdd"/>
+    /// is <see cref="NativeFloatAdd"/> on GPUs (one red.global.add.f32) and <see cref="BitwiseCasFloatAdd"/> on ILGPU's CPU
+    /// simulator.</summary>
+    public static void BackwardInputAtomic<TAdd>(Index2D index, ArrayView<float> grid, ArrayView<float> theta, ArrayView<float> gradOut, ArrayView<float> gradInput, SpatialParams sp)
+        where TAdd : struct, IFloatAtomicAdd
     {
+        TAdd add = default;
         int p = index.X, n = index.Y;
         var s = Resolve(grid, theta, sp, n, p);
         if (s.O0 < 0 && s.O1 < 0 && s.O2 < 0 && s.O3 < 0) return;     // every corner outside the image: nothing to add
@@ -365,12 +402,12 @@ internal static class SpatialKernels
         for (int c = 0; c < sp.C; c++)
         {
             float g = gradOut[go];
-            if (s.O0 >= 0) Atomic.Add(ref gradInput[gin + s.O0], s.W0 * g);
+            if (s.O0 >= 0) add.Add(gradInput, gin + s.O0, s.W0 * g);
             if (sp.Mode == 0)
             {
-                if (s.O1 >= 0) Atomic.Add(ref gradInput[gin + s.O1], s.W1 * g);
-                if (s.O2 >= 0) Atomic.Add(ref gradInput[gin + s.O2], s.W2 * g);
-                if (s.O3 >= 0) Atomic.Add(ref gradInput[gin + s.O3], s.W3 * g);
+                if (s.O1 >= 0) add.Add(gradInput, gin + s.O1, s.W1 * g);
+                if (s.O2 >= 0) add.Add(gradInput, gin + s.O2, s.W2 * g);
+                if (s.O3 >= 0) add.Add(gradInput, gin + s.O3, s.W3 * g);
             }
             gin += plane;
             go += P;

@@ -1,3 +1,4 @@
+using System.Reflection;
 using GpuAttention.Kernels.Ilgpu;
 using ILGPU;
 using ILGPU.Runtime;
@@ -49,9 +50,15 @@ internal sealed class IlgpuSpatial : IDisposable
         yield return Of(nameof(SpatialKernels.Forward), IlgpuKernelKind.ImplicitlyGrouped);
         yield return Of(nameof(SpatialKernels.BackwardGrid), IlgpuKernelKind.ImplicitlyGrouped);
         yield return Of(nameof(SpatialKernels.BackwardInput), IlgpuKernelKind.ExplicitlyGrouped);
-        yield return Of(nameof(SpatialKernels.BackwardInputAtomic), IlgpuKernelKind.ImplicitlyGrouped);
+        yield return new(family, "spatial_" + nameof(SpatialKernels.BackwardInputAtomic), AtomicScatter(gpu: true), IlgpuKernelKind.ImplicitlyGrouped);
         yield return Of(nameof(SpatialKernels.SumPartials), IlgpuKernelKind.ImplicitlyGrouped);
     }
+
+    /// <summary>The atomic scatter specialised for the device: the native float atomic on GPUs, the bitwise compare-and-swap
+    /// loop on ILGPU's CPU simulator (see <see cref="BitwiseCasFloatAdd"/>).</summary>
+    private static MethodInfo AtomicScatter(bool gpu) =>
+        typeof(SpatialKernels).GetMethod(nameof(SpatialKernels.BackwardInputAtomic))!
+            .MakeGenericMethod(gpu ? typeof(NativeFloatAdd) : typeof(BitwiseCasFloatAdd));
 
     private static void CheckIntRange(long value, string what)
     {
@@ -149,7 +156,8 @@ internal sealed class IlgpuSpatial : IDisposable
         _backwardGrid(stream, new Index2D((int)P, s.N), input, grid, theta, gradOut, gridGrad, sp);
         if (s.C > 0 && len > 0 && atomic)
         {
-            _backwardInputAtomic ??= _acc.LoadAutoGroupedKernel<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, SpatialParams>(SpatialKernels.BackwardInputAtomic);
+            _backwardInputAtomic ??= _acc.LoadAutoGroupedKernel(AtomicScatter(gpu: _acc.AcceleratorType != AcceleratorType.CPU)
+                .CreateDelegate<Action<Index2D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, SpatialParams>>());
             _backwardInputAtomic(stream, new Index2D((int)P, s.N), grid, theta, gradOut, gradInput, sp);
         }
         else if (s.C > 0 && len > 0)
