@@ -3,7 +3,7 @@
 # (restoring ~600 MB of LibTorch natives into the NuGet cache on first use; the project is not in GpuAttention.sln),
 # runs the interleaved comparison, then the machine-limit probe (fractions of the FMA peak and copy bandwidth), and
 # writes both to one Markdown file.
-#   bash bench/run-libtorch-compare.sh [OUT.md] [--reps N] [--only TEXT]
+#   bash bench/run-libtorch-compare.sh [OUT.md] [--reps N] [--only TEXT] [--no-limits]
 # Needs: .NET 10 SDK, python3 (tools/relax_glibcxx.py runs at build time). Run it on a quiet machine.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

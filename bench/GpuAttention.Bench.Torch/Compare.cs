@@ -45,6 +45,12 @@ public static unsafe class Compare
         new("grid_sample forward+backward, same", 16, 16, 128, 128, 64, 64, true),
     ];
 
+    public static readonly GlimpseCase[] GlimpseCases =
+    [
+        new("glimpse forward N16 C16 128²→32², σ 1–2 px", 16, 16, 128, 128, 32, 32, false),
+        new("glimpse forward+backward, same", 16, 16, 128, 128, 32, 32, true),
+    ];
+
     public static int Run(string[] args)
     {
         int reps = 15;
@@ -66,9 +72,9 @@ public static unsafe class Compare
         Emit($"- date: {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC; machine: {CpuModel()}, {threads} logical CPUs, {MachineLimitsSimd()}; .NET {RuntimeInformation.FrameworkDescription}");
         Emit($"- threads: ours {threads} (CpuWorkers), LibTorch {torch.get_num_threads()} intra-op (OpenMP), OMP_WAIT_POLICY={Environment.GetEnvironmentVariable("OMP_WAIT_POLICY") ?? "(unset: workers spin after each call)"}");
         Emit($"- load before: {Load()}");
-        Emit($"- method: per workload, outputs (and gradients) checked against each other, 3 warm-up pairs, then {reps} repetitions of one call each, ours and LibTorch's alternating (order flipped every repetition); median wall time per call; ratio = LibTorch median / ours. GQA: LibTorch gets K/V expanded with repeat_interleave (outside the timing; it has no enable_gqa here). Denormals: not flushed in either.");
+        Emit($"- method: per workload, outputs (and gradients) checked against each other, 3 warm-up pairs, then {reps} repetitions of one call each, ours and LibTorch's alternating (order flipped every repetition); median wall time per call; ratio = LibTorch median / ours. GQA: LibTorch gets K/V expanded with repeat_interleave (outside the timing; it has no enable_gqa here). Denormals: not flushed in the SDPA and grid_sample rows (their inputs produce none). Glimpse rows: LibTorch's switch (at::Context::setFlushDenormal, FTZ + DAZ; TorchSharp 0.107 does not wrap it, so P/Invoke) is set on every thread of its OpenMP pool before them and cleared after (it sets the calling thread's MXCSR only, so it runs inside an OpenMP parallel region; on the calling thread, which our calls share, only during LibTorch's calls); ours is not flushed (.NET cannot set FTZ/DAZ) but stores normalised filterbank weights below 1e-15 as 0, so no denormal operands reach its products (only its filterbank build, O(H·h + W·w) exps per work item, meets them). Checked by probes whose results follow the table when glimpse rows run.");
         Emit("- CPU ms: process CPU time (getrusage, all threads) per call, median; less disturbed by other processes than wall time.");
-        Emit("- FLOPs: forward 4·B·Hq·L·S·E (causal L = S: half), forward+backward 3.5× forward. Decode bytes: every K/V head once + q + out; grid_sample bytes: compulsory traffic as bench/compare.py counts it.");
+        Emit("- FLOPs: forward 4·B·Hq·L·S·E (causal L = S: half), forward+backward 3.5× forward. Decode bytes: every K/V head once + q + out; grid_sample bytes: compulsory traffic as bench/compare.py counts it. Glimpse FLOPs: the two products in the cheaper order, 2·N·C·h·W·(H + w) (square shapes: either order), forward+backward 3× forward (the backward of two products as autograd does it; filterbank builds not counted).");
         Emit("");
         Emit("| workload | LibTorch ms | ours ms | ratio | ours rate | LibTorch rate | CPU ms LibTorch / ours (ratio) | max rel diff |");
         Emit("|---|---|---|---|---|---|---|---|");
@@ -90,7 +96,32 @@ public static unsafe class Compare
             string rate(double ms) => $"{c.Bytes / ms / 1e6:F1} GB/s";
             Emit($"| {c.Name} | {r.TorchMs:F3} | {r.OursMs:F3} | **{r.TorchMs / r.OursMs:F2}×** | {rate(r.OursMs)} | {rate(r.TorchMs)} | {r.TorchCpuMs:F1} / {r.OursCpuMs:F1} ({r.TorchCpuMs / r.OursCpuMs:F2}×) | {r.MaxRel:E1} |");
         }
+        var glimpses = GlimpseCases.Where(c => only == null || c.Name.Contains(only, StringComparison.OrdinalIgnoreCase)).ToArray();
+        string? glimpseNote = null;
+        if (glimpses.Length > 0)
+        {
+            double torchOff0 = LibTorchDenormals.ProbeFlushedFraction(false);
+            LibTorchDenormals.SetAllLibTorchThreads(true);
+            bool daz = LibTorchDenormals.SetThisThread(false);   // our calls run on this thread too: flushed only inside LibTorch's calls
+            double torchOn, oursOn;
+            try
+            {
+                torchOn = LibTorchDenormals.ProbeFlushedFraction(true);
+                oursOn = OursFlushProbe(dev, glimpses[0]);
+                foreach (var c in glimpses)
+                {
+                    var r = RunGlimpse(dev, c, reps);
+                    rows.Add((c.Name, c.Flops, false, r));
+                    string rate(double ms) => $"{c.Flops / ms / 1e6:F1} GFLOP/s";
+                    Emit($"| {c.Name} | {r.TorchMs:F3} | {r.OursMs:F3} | **{r.TorchMs / r.OursMs:F2}×** | {rate(r.OursMs)} | {rate(r.TorchMs)} | {r.TorchCpuMs:F1} / {r.OursCpuMs:F1} ({r.TorchCpuMs / r.OursCpuMs:F2}×) | {r.MaxRel:E1} |");
+                }
+            }
+            finally { LibTorchDenormals.SetAllLibTorchThreads(false); }
+            double torchOff = LibTorchDenormals.ProbeFlushedFraction(false);
+            glimpseNote = $"- glimpse rows, denormals (CPU {(daz ? "has" : "LACKS")} DAZ), checked: a LibTorch product of 2^20 denormals (1e-39f × 0.5, split over its {torch.get_num_threads()} threads) came out {100 * torchOff0:F0}% zero before the rows, {100 * torchOn:F0}% with the switch set as in the rows (100% = every thread flushes; the calling thread alone would give ~{100.0 / torch.get_num_threads():F0}%), {100 * torchOff:F0}% after it was cleared; our forward glimpse of an image of 1e-39f came out {100 * oursOn:F0}% zero (0% = not flushed). Parameters per image (fixed seed): stride 0.8–1 × size/h (the h centres span 78–97% of the image), σ uniform in 1–2 px, the last centre inside.";
+        }
         Emit("");
+        if (glimpseNote != null) Emit(glimpseNote);
         Emit($"- load after: {Load()}");
         if (!args.Contains("--no-limits"))
         {
@@ -182,6 +213,33 @@ public static unsafe class Compare
         for (int i = 0; i < a.Length; i++) maxRel = Math.Max(maxRel, MaxRel(a[i], b[i]));
         if (!(maxRel <= 1e-3)) throw new InvalidOperationException($"{c.Name}: outputs differ (max rel {maxRel:E2})");
         return Interleave(ours.Run, peer.Run, reps, maxRel);
+    }
+
+    public static Result RunGlimpse(Device dev, GlimpseCase c, int reps)
+    {
+        var rng = new Random(12345);
+        float[] image = Rand(rng, (long)c.N * c.C * c.H * c.W), g = Rand(rng, (long)c.N * c.C * c.Gh * c.Gw);
+        float[] p = c.Params(rng);
+        using var ours = new OursGlimpse(dev, c, image, p, g);
+        using var peer = new TorchGlimpse(c, image, p, g) { FlushDenormals = true };
+        ours.Run(); peer.Run();
+        double maxRel = 0;
+        var a = ours.Outputs(); var b = peer.Outputs();
+        for (int i = 0; i < a.Length; i++) maxRel = Math.Max(maxRel, MaxRel(a[i], b[i]));
+        if (!(maxRel <= 1e-4)) throw new InvalidOperationException($"{c.Name}: outputs differ (max rel {maxRel:E2})");
+        return Interleave(ours.Run, peer.Run, reps, maxRel);
+    }
+
+    /// <summary>Fraction of zero outputs of our forward glimpse on an image of 1e-39f (a denormal): the outputs are
+    /// ~1e-39 (not 0) unless the threads that computed them flush denormals.</summary>
+    private static double OursFlushProbe(Device dev, GlimpseCase c)
+    {
+        var f = c with { Backward = false };
+        var image = new float[(long)f.N * f.C * f.H * f.W];
+        Array.Fill(image, 1e-39f);
+        using var ours = new OursGlimpse(dev, f, image, f.Params(new Random(12345)), new float[(long)f.N * f.C * f.Gh * f.Gw]);
+        ours.Run();
+        return LibTorchDenormals.ZeroFraction(ours.Outputs()[0]);
     }
 
     private static Result Interleave(Action ours, Action peer, int reps, double maxRel)
