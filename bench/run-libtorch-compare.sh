@@ -2,8 +2,10 @@
 # The CPU backend against LibTorch 2.10 (TorchSharp 0.107.0) in one process: builds bench/GpuAttention.Bench.Torch
 # (restoring ~600 MB of LibTorch natives into the NuGet cache on first use; the project is not in GpuAttention.sln),
 # runs the interleaved comparison, then the machine-limit probe (fractions of the FMA peak and copy bandwidth), and
-# writes both to one Markdown file.
+# writes both to one Markdown file, and its chart (speed-up per workload, ScottPlot) beside it as OUT.png.
 #   bash bench/run-libtorch-compare.sh [OUT.md] [--reps N] [--only TEXT] [--no-limits]
+# Re-chart an existing results file without running anything:
+#   dotnet bench/GpuAttention.Bench.Torch/bin/Release/net10.0/linux-x64/GpuAttention.Bench.Torch.dll chart IN.md [OUT.png]
 # Needs: .NET 10 SDK, python3 (tools/relax_glibcxx.py runs at build time). Run it on a quiet machine.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

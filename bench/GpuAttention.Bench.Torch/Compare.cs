@@ -69,7 +69,7 @@ public static unsafe class Compare
 
         Emit($"# CPU backend vs LibTorch {torch.__version__} (TorchSharp {typeof(torch).Assembly.GetName().Version}), same process");
         Emit("");
-        Emit($"- date: {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC; machine: {CpuModel()}, {threads} logical CPUs, {MachineLimitsSimd()}; .NET {RuntimeInformation.FrameworkDescription}");
+        Emit($"- date: {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC; machine: {CpuModel()}, {threads} logical CPUs, {MachineLimitsSimd()}; {RuntimeInformation.FrameworkDescription}");
         Emit($"- threads: ours {threads} (CpuWorkers), LibTorch {torch.get_num_threads()} intra-op (OpenMP), OMP_WAIT_POLICY={Environment.GetEnvironmentVariable("OMP_WAIT_POLICY") ?? "(unset: workers spin after each call)"}");
         Emit($"- load before: {Load()}");
         Emit($"- method: per workload, outputs (and gradients) checked against each other, 3 warm-up pairs, then {reps} repetitions of one call each, ours and LibTorch's alternating (order flipped every repetition); median wall time per call; ratio = LibTorch median / ours. GQA: LibTorch gets K/V expanded with repeat_interleave (outside the timing; it has no enable_gqa here). Denormals: not flushed in the SDPA and grid_sample rows (their inputs produce none). Glimpse rows: LibTorch's switch (at::Context::setFlushDenormal, FTZ + DAZ; TorchSharp 0.107 does not wrap it, so P/Invoke) is set on every thread of its OpenMP pool before them and cleared after (it sets the calling thread's MXCSR only, so it runs inside an OpenMP parallel region; on the calling thread, which our calls share, only during LibTorch's calls); ours is not flushed (.NET cannot set FTZ/DAZ) but stores normalised filterbank weights below 1e-15 as 0, so no denormal operands reach its products (only its filterbank build, O(H·h + W·w) exps per work item, meets them). Checked by probes whose results follow the table when glimpse rows run.");
@@ -141,7 +141,14 @@ public static unsafe class Compare
                 Emit($"| {name} | {wall:F1} {u} | {100 * wall / lAll:F0}% | {core:F1} {u} | {100 * core / l1:F0}% |");
             }
         }
-        if (outPath != null) File.WriteAllLines(outPath, lines);
+        if (outPath != null)
+        {
+            File.WriteAllLines(outPath, lines);
+            // The chart beside it (same stem, .png), drawn from these very lines, as `chart FILE.md` would.
+            string png = Path.ChangeExtension(outPath, ".png");
+            try { if (CompareChart.Save(lines, png)) Console.Error.WriteLine($"wrote {png}"); }
+            catch (Exception e) { Console.Error.WriteLine($"no chart ({e.GetType().Name}: {e.Message}); the Markdown is written"); }
+        }
         return 0;
     }
 
