@@ -47,6 +47,13 @@ public sealed partial class Device : IDisposable
     public string Name => _backend.DeviceName;
 
     /// <summary>
+    /// True for a simulator: today only "ilgpu:cpu", ILGPU's CPU accelerator, which runs each GPU thread of a group as an OS
+    /// thread. It computes what the GPU kernels compute (the same code, barriers and warp shuffles included), several orders of
+    /// magnitude slower: use it to check kernels without a GPU, never to time them.
+    /// </summary>
+    public bool IsSimulator => _backend is IlgpuBackend { Target: IlgpuTarget.Cpu };
+
+    /// <summary>
     /// Opens a device: "cpu" (managed, always present), "opencl" or "opencl:K" (K-th OpenCL device over all
     /// platforms), "cuda" or "cuda:K", the ILGPU backends "ilgpu:cuda[:K]", "ilgpu:opencl[:K]" (K over every OpenCL device),
     /// "ilgpu:cpu" (ILGPU's CPU simulator: verification only, slow) and "ilgpu" (ILGPU's CUDA device 0, else its first OpenCL

@@ -71,6 +71,7 @@ public class EdgeNumericsTests(string backend)
     [TestCase(true)]
     public void SdpaBackwardNaNInOneGradOutRowStaysWhereTheMathPutsIt(bool causal)
     {
+        TestUtil.SkipHeavyOnSimulator(backend, "IlgpuSdpaKernelTests.NonFiniteRowNeverReachesKeysWithZeroProbability");
         var c = Sdpa2(causal);
         var (q, k, v, g) = SdpaInputs(c, 11);
         int row = 5;   // (b 0, h 0, i 5)
@@ -96,6 +97,7 @@ public class EdgeNumericsTests(string backend)
     [Test]
     public void SdpaBackwardNaNInOneQueryRowAndInfInOneKey()
     {
+        TestUtil.SkipHeavyOnSimulator(backend, "IlgpuSdpaKernelTests.NonFiniteRowNeverReachesKeysWithZeroProbability");
         var c = Sdpa2(mask: [37, 29]);
         var (q, k, v, g) = SdpaInputs(c, 12);
         var mask = new float[37 * 29];
@@ -110,6 +112,7 @@ public class EdgeNumericsTests(string backend)
     [Test]
     public void SdpaBackwardFullyMaskedRowsGiveZeroGradientsAndNoNaN()
     {
+        TestUtil.SkipHeavyOnSimulator(backend, "IlgpuSdpaKernelTests.FullyMaskedRowGivesZeroOutAndNegativeInfinityLse");
         var c = Sdpa2(causal: true, mask: [2, 1, 37, 29]);
         var (q, k, v, g) = SdpaInputs(c, 13);
         var mask = new float[2 * 37 * 29];

@@ -62,6 +62,7 @@ public class SdpaBackwardTests(string backend)
     [TestCaseSource(nameof(Cases))]
     public void MatchesReference(Case c)
     {
+        TestUtil.SkipLargeSdpaOnSimulator(backend, c.B, c.Hq, c.L, c.S, 12, "IlgpuSdpaKernelTests.BackwardMatchesReference");
         var rng = new Random(TestUtil.Seed(c.ToString()));
         var q = TestUtil.Random(rng, (long)c.B * c.Hq * c.L * c.E);
         var k = TestUtil.Random(rng, (long)c.B * c.Hkv * c.S * c.E);
@@ -91,6 +92,7 @@ public class SdpaBackwardTests(string backend)
     [TestCase(true, true)]
     public void FloatKernelMatchesFiniteDifferences(bool causal, bool masked)
     {
+        TestUtil.SkipHeavyOnSimulator(backend, "IlgpuSdpaKernelTests.BackwardMatchesFiniteDifferencesOfTheKernelForward");
         var c = new Case(1, 2, 1, 7, 9, 5, 6, causal, masked ? [7, 9] : null);
         var rng = new Random(causal ? 21 : 20);
         var q = TestUtil.Random(rng, c.B * c.Hq * c.L * c.E);

@@ -44,6 +44,31 @@ internal static class TestUtil
         Assert.That(rel, Is.LessThanOrEqualTo(bound), $"{what}: relative error {rel:E3} > {bound:E1} (max abs {ReferenceOps.MaxAbsError(actual, reference):E3}){where}");
     }
 
+    /// <summary>
+    /// Skips the calling test on ILGPU's CPU simulator ("ilgpu:cpu"), which runs every GPU thread as an OS thread and every
+    /// warp shuffle and barrier as a thread rendezvous: an SDPA backward of a few heads of 37 rows takes a minute there, a
+    /// finite-difference sweep several. <paramref name="coveredBy"/> names the test that checks the same kernel behaviour on the
+    /// simulator at a size it can afford (kept in the skip reason, so the report says where the coverage is).
+    /// </summary>
+    public static void SkipHeavyOnSimulator(string backend, string coveredBy)
+    {
+        if (backend == "ilgpu:cpu")
+            Assert.Ignore($"ilgpu:cpu: too slow on ILGPU's CPU simulator (runs on ilgpu:cuda / ilgpu:opencl); on the simulator {coveredBy} covers it");
+    }
+
+    /// <summary>32×32 (query tile, key tile) pairs of an SDPA call, B·Hq·⌈L/32⌉·⌈S/32⌉: what its time on the simulator scales
+    /// with (a backward costs the simulator about 1-2 s per pair on this project's 2-core VM; a forward about a fifth of that).</summary>
+    public static long SdpaTilePairs(int b, int hq, int l, int s) => (long)b * hq * ((l + 31) / 32) * ((s + 31) / 32);
+
+    /// <summary>Skips an SDPA case on "ilgpu:cpu" when it has more than <paramref name="maxTilePairs"/> tile pairs
+    /// (<see cref="SdpaTilePairs"/>); the smaller cases of the same list still run there.</summary>
+    public static void SkipLargeSdpaOnSimulator(string backend, int b, int hq, int l, int s, long maxTilePairs, string coveredBy)
+    {
+        long pairs = SdpaTilePairs(b, hq, l, s);
+        if (backend == "ilgpu:cpu" && pairs > maxTilePairs)
+            Assert.Ignore($"ilgpu:cpu: {pairs} tile pairs, above the {maxTilePairs} that ILGPU's CPU simulator runs in the suite (runs on ilgpu:cuda / ilgpu:opencl); on the simulator the smaller cases and {coveredBy} cover it");
+    }
+
     /// <summary>Every fixture's backends. "ilgpu:cpu" is ILGPU's CPU simulator: families with an ILGPU kernel run it there, the rest
     /// fall back to the CPU backend with copies (<see cref="Device.SupportsOp"/>).</summary>
     public static readonly string[] Backends = ["cpu", "opencl", "cuda", "ilgpu:cpu"];

@@ -14,6 +14,11 @@ namespace GpuAttention.Cli;
 /// </summary>
 public static class DemoCommand
 {
+    /// <summary>Pixels SDPA attends over on a simulator (at most).</summary>
+    internal const int SimulatorPixels = 256;
+    /// <summary>Steps of each learning loop on a simulator.</summary>
+    internal const int SimulatorSteps = 10;
+
     /// <summary>The sections run in order. Add SDPA backward, glimpse, grid_sample... here.</summary>
     internal static IReadOnlyList<IDemoSection> Sections { get; } =
         [new SdpaSection(), new SdpaTrainingSection(), new GlimpseSection(), new SpatialSection()];
@@ -39,7 +44,18 @@ public static class DemoCommand
         if (File.Exists(opt.OutDir)) throw new InputException($"--out: '{opt.OutDir}' is a file; expected a folder (it is created if missing)");
         var input = Image.Load(opt.ImagePath).ToRgb();
         using var device = CliOptions.OpenDevice(opt.Backend);
+        string? simulatorNote = null;
+        if (device.IsSimulator)
+        {
+            // ILGPU's CPU simulator runs each GPU thread as an OS thread: the full demo would take hours on it.
+            var small = opt with { Pixels = Math.Min(opt.Pixels, SimulatorPixels), Repeat = 1 };
+            simulatorNote = $"{device.Spec} is a simulator (correct, not fast): smaller work so that it ends in minutes — SDPA over {small.Pixels} pixels "
+                + $"(--pixels {opt.Pixels} asked), sdpa training over at most {SimulatorPixels / 4} pixels, learning loops of {SimulatorSteps} steps, "
+                + "one timed run per op; its times say nothing about a GPU";
+            opt = small;
+        }
         var ctx = new DemoContext(device, input, opt);
+        if (simulatorNote != null) ctx.Notes.Add(simulatorNote);
         try { Directory.CreateDirectory(opt.OutDir); }
         catch (IOException e) { throw new InputException($"--out: cannot create the folder '{opt.OutDir}': {CliErrors.Clean(e)}"); }
         var console = DemoConsole.Create();
@@ -183,6 +199,13 @@ internal sealed class DemoContext(Device device, Image input, DemoOptions option
     public List<string> Notes { get; } = [];
     public List<(string Path, string What)> Files { get; } = [];
     public Action<string> ReportStatus { get; set; } = _ => { };
+
+    /// <summary>The device is a simulator (<see cref="Device.IsSimulator"/>, ilgpu:cpu): the sections keep every op and picture
+    /// but run smaller work (see <see cref="DemoCommand.SimulatorPixels"/>, <see cref="LearningSteps"/>).</summary>
+    public bool Simulator => Device.IsSimulator;
+
+    /// <summary>Optimisation steps of a learning loop: <paramref name="full"/>, or <see cref="DemoCommand.SimulatorSteps"/> on a simulator.</summary>
+    public int LearningSteps(int full) => Simulator ? Math.Min(full, DemoCommand.SimulatorSteps) : full;
 
     /// <summary>Writes <paramref name="image"/> as OUT/<paramref name="name"/> and lists it.</summary>
     public void Save(string name, Image image, string what)

@@ -132,7 +132,8 @@ internal sealed class GlimpseSection : IDemoSection
         using var tgo = dev.Allocate(1, C, LearnG, LearnG);
         using var tgi = dev.Allocate(1, C, H, W);
         using var tgp = dev.Allocate(1, 6);
-        for (int step = 0; step <= LearnSteps; step++)
+        int learnSteps = ctx.LearningSteps(LearnSteps);
+        for (int step = 0; step <= learnSteps; step++)
         {
             for (int i = 0; i < 6; i++) pf[i] = (float)p[i];
             trajectory.Add((float[])pf.Clone());
@@ -144,7 +145,7 @@ internal sealed class GlimpseSection : IDemoSection
             double loss = 0;
             for (int i = 0; i < n; i++) { go[i] = o[i] - tgt[i]; loss += go[i] * go[i]; }
             losses.Add(loss / n);
-            if (step == LearnSteps) break;
+            if (step == learnSteps) break;
             dev.Upload(tgo, go);                               // grad_out = out − target: L = ½ Σ (out − target)²
             dev.GlimpseBackward(timg, tprm, tgo, tgi, tgp);
             var gp = dev.Download(tgp);
@@ -167,7 +168,7 @@ internal sealed class GlimpseSection : IDemoSection
             $"gradient descent moving a glimpse onto a target: image with the target box (red) and the box every 10 steps (violet start, then dark blue → yellow) | " +
             "target glimpse (red) and the start (violet) / the glimpse after learning (yellow) and the loss per step");
         var fin = trajectory[^1];
-        ctx.Notes.Add($"glimpse learning: loss mean((out − target)²) {losses[0]:0.00000} → {losses[^1]:0.00000} in {LearnSteps} Adam steps; " +
+        ctx.Notes.Add($"glimpse learning: loss mean((out − target)²) {losses[0]:0.00000} → {losses[^1]:0.00000} in {learnSteps} Adam steps; " +
                       $"params (uy, sy, dy, ux, sx, dx) start ({Fmt(start)}) → ({Fmt(fin)}), target ({Fmt(target)})" +
                       (losses[^1] < losses[0] ? "" : " — loss did NOT fall"));
     }

@@ -23,6 +23,7 @@ internal sealed class SdpaTrainingSection : IDemoSection
     {
         var full = ctx.Input;
         int target = Math.Clamp(ctx.Options.Pixels / 4, 16, MaxPixels);
+        int steps = ctx.LearningSteps(Steps);
         double f = Math.Min(1.0, Math.Sqrt((double)target / full.PixelCount));
         int w = Math.Max(1, (int)Math.Round(full.Width * f)), h = Math.Max(1, (int)Math.Round(full.Height * f));
         var small = full.Resize(w, h, ResizeMode.Box);
@@ -72,7 +73,7 @@ internal sealed class SdpaTrainingSection : IDemoSection
         var qf = new float[qp.Length];
         var gradQ = new double[qp.Length];
         float[] outNow = out0, grad = grad0;
-        for (int step = 0; step < Steps; step++)
+        for (int step = 0; step < steps; step++)
         {
             using (var go = dev.Upload(grad, 1, 1, n, 3))
             {
@@ -103,9 +104,9 @@ internal sealed class SdpaTrainingSection : IDemoSection
                 DemoDrawing.Framed(Panel(out0), Color.FromHex("#ff4081")),
                 DemoDrawing.Framed(Panel(outNow), Color.FromHex("#76ff03")),
                 plot], 8, DemoDrawing.Background),
-            $"target (the {w}×{h} image, cyan frame) | attention output before (pink) | after {Steps} Adam steps on the queries (green) | loss per step");
+            $"target (the {w}×{h} image, cyan frame) | attention output before (pink) | after {steps} Adam steps on the queries (green) | loss per step");
         bool falling = losses[^1] < losses[0];
-        ctx.Notes.Add($"sdpa training: loss mean((out − image)²) over {n} pixels {losses[0]:0.00000} → {losses[^1]:0.00000} after {Steps} Adam steps " +
+        ctx.Notes.Add($"sdpa training: loss mean((out − image)²) over {n} pixels {losses[0]:0.00000} → {losses[^1]:0.00000} after {steps} Adam steps " +
                       $"(lr {LearningRate}) on q{(falling ? "" : " — did NOT fall")}; backward FLOPs counted as 2.5× the forward's 2·L·S·(E+Ev)");
     }
 

@@ -182,7 +182,8 @@ internal sealed class SpatialSection : IDemoSection
         var go = new float[n];
         var grad = new double[4];
         float[] first = [], last = [];
-        for (int step = 0; step <= LearnSteps; step++)
+        int learnSteps = ctx.LearningSteps(LearnSteps);
+        for (int step = 0; step <= learnSteps; step++)
         {
             trajectory.Add((double[])p.Clone());
             dev.Upload(ttheta, ThetaOf(p));
@@ -193,7 +194,7 @@ internal sealed class SpatialSection : IDemoSection
             double loss = 0;
             for (int i = 0; i < n; i++) { go[i] = o[i] - tgt[i]; loss += go[i] * go[i]; }
             losses.Add(loss / n);
-            if (step == LearnSteps) break;
+            if (step == learnSteps) break;
             dev.Upload(tgo, go);                               // grad_out = out − target
             dev.SpatialTransformBackward(timg, ttheta, tgo, tgi, tgt6, Options);
             var g = dev.Download(tgt6);
@@ -221,7 +222,7 @@ internal sealed class SpatialSection : IDemoSection
             "gradient descent on theta: image with the target crop box (red) and the box every 10 steps (violet start, then dark blue → yellow) | " +
             $"target crop (red) and the start (violet) / the crop after learning (yellow) and the loss per step (sampled from a {LearnSide}² copy)");
         static string F(double[] v) => string.Join(", ", v.Select(x => x.ToString("0.000", System.Globalization.CultureInfo.InvariantCulture)));
-        ctx.Notes.Add($"spatial learning: loss mean((out − target)²) {losses[0]:0.00000} → {losses[^1]:0.00000} in {LearnSteps} Adam steps; " +
+        ctx.Notes.Add($"spatial learning: loss mean((out − target)²) {losses[0]:0.00000} → {losses[^1]:0.00000} in {learnSteps} Adam steps; " +
                       $"(s, a, tx, ty) start ({F(start)}) → ({F(trajectory[^1])}), target ({F(target)})" +
                       (losses[^1] < losses[0] ? "" : " — loss did NOT fall"));
     }
