@@ -281,7 +281,7 @@ public class TuningTests
         foreach (var (args, code, says) in new (string[], int, string)[]
         {
             (["tune", "--backend", "opencl", "--op", "attention"], 2, "--op: unknown op 'attention' (expected gemm, grid-sample, glimpse)"),
-            (["tune", "--backend", "bogus"], 2, "--backend: expected cpu, opencl[:K], cuda[:K] or auto, got 'bogus'"),
+            (["tune", "--backend", "bogus"], 2, "--backend: expected cpu, opencl[:K], cuda[:K], ilgpu[:cuda[:K]|:opencl[:K]|:cpu] or auto, got 'bogus'"),
             (["tune", "--backend", "cpu"], 2, "only opencl[:K] and cuda[:K] have kernels to tune"),
             (["tune"], 2, "tune: expected --backend"),
             (["tune", "--backend", "opencl", "--budget", "-3"], 2, "--budget: expected a number of seconds > 0, got '-3'"),

@@ -15,9 +15,9 @@ namespace GpuAttention.Cli;
 public static class DemoCommand
 {
     /// <summary>Pixels SDPA attends over on a simulator (at most).</summary>
-    internal const int SimulatorPixels = 256;
+    internal const int SimulatorPixels = 128;
     /// <summary>Steps of each learning loop on a simulator.</summary>
-    internal const int SimulatorSteps = 10;
+    internal const int SimulatorSteps = 8;
 
     /// <summary>The sections run in order. Add SDPA backward, glimpse, grid_sample... here.</summary>
     internal static IReadOnlyList<IDemoSection> Sections { get; } =
