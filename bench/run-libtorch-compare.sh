@@ -16,5 +16,9 @@ dotnet build "$proj" -c Release -nologo -v q 1>&2
 dll="$proj/bin/Release/net10.0/linux-x64/GpuAttention.Bench.Torch.dll"
 # LibTorch's OpenMP workers would otherwise spin after each call and take the cores from the other side.
 export OMP_WAIT_POLICY=passive
+# Steady state from the first timed call: without this, a workload's first calls can run our code at tier 0 (tiered
+# compilation promotes a method after ~30 calls, in the background), which made the first decode and grid_sample rows of
+# a run 3-5x slower than the same code a few rows later. Every method is compiled fully optimised at first use instead.
+export DOTNET_TieredCompilation=0
 dotnet "$dll" compare --out "$out" "$@"
 echo "wrote $out" 1>&2

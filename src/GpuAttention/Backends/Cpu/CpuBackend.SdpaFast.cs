@@ -7,7 +7,7 @@ namespace GpuAttention.Backends.Cpu;
 
 /// <summary>
 /// SDPA forward with AVX-512 micro-kernels (used when <see cref="Avx512F"/> is present; otherwise the portable
-/// <see cref="Vector{T}"/> path of CpuBackend.Sdpa.cs runs). Work items are (batch·head, chunk of queries[, chunk of
+/// <see cref="System.Numerics.Vector{T}"/> path of CpuBackend.Sdpa.cs runs). Work items are (batch·head, chunk of queries[, chunk of
 /// keys]) run on <see cref="CpuWorkers"/>, after one parallel pass that packs the keys of every kv head, transposed into
 /// blocks Kᵀ[E][<see cref="FKB"/>] (zero padded), so the score micro-kernel (4 queries × 64 keys, 16 zmm accumulators, one broadcast of q per query
 /// and four contiguous Kᵀ loads per e) streams contiguous vectors; V rows are used as vectors in place (copied to a
