@@ -18,7 +18,7 @@ public class MultiHeadAttentionTests(string backend)
     /// the ILGPU kernels under the layer are checked against the reference by <see cref="ForwardAndBackwardMatchReference"/>.</summary>
     private void SkipOnSimulator()
     {
-        if (backend == "ilgpu:cpu") Assert.Ignore("ilgpu:cpu: hundreds of layer calls are too slow on ILGPU's CPU simulator; the layer's kernels are checked by ForwardAndBackwardMatchReference");
+        TestUtil.SkipHeavyOnSimulator(backend, "ForwardAndBackwardMatchReference (the layer's kernels; these tests run the layer hundreds of times)");
     }
 
     private static double[] D(float[] a) => a.Select(x => (double)x).ToArray();

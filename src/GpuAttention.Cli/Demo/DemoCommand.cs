@@ -47,7 +47,8 @@ public static class DemoCommand
         string? simulatorNote = null;
         if (device.IsSimulator)
         {
-            // ILGPU's CPU simulator runs each GPU thread as an OS thread: the full demo would take hours on it.
+            // ILGPU's CPU simulator runs each GPU thread as an OS thread: at the default sizes the demo's SDPA section alone did not end
+            // within 10 minutes on a 2-core VM; at these sizes the whole demo took 12.8 minutes there (with a test run beside it).
             var small = opt with { Pixels = Math.Min(opt.Pixels, SimulatorPixels), Repeat = 1 };
             simulatorNote = $"{device.Spec} is a simulator (correct, not fast): smaller work so that it ends in minutes — SDPA over {small.Pixels} pixels "
                 + $"(--pixels {opt.Pixels} asked), sdpa training over at most {SimulatorPixels / 4} pixels, learning loops of {SimulatorSteps} steps, "
