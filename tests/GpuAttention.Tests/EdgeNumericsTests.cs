@@ -325,6 +325,22 @@ public class EdgeNumericsTests(string backend)
         GlimpseVsReference(N, C, H, W, h, w, img, p, g);
     }
 
+    [Test]
+    public void GlimpseNaNInANarrowGlimpseSpreadsAsThroughADenseProduct()
+    {
+        // σ ≪ image: the CPU backend sums over the bands of nonzero weights only, except in a channel with a non-finite value,
+        // where NaN must reach every output (NaN·0 = NaN in the dense products the reference does).
+        int N = 2, C = 2, H = 70, W = 61, h = 7, w = 6;
+        var rng = new Random(34);
+        var img = TestUtil.Random(rng, N * C * H * W);
+        // Every centre inside the image (a Gaussian wholly outside underflows to 0 in float but not in double: NaN·0 vs NaN·1e-266).
+        var p = new float[] { 20f, 1.2f, 5f, 15f, 1.5f, 6f, 20f, 1.2f, 5f, 15f, 1.5f, 6f };   // y centres 20..50, x centres 15..45
+        var g = TestUtil.Random(rng, N * C * h * w);
+        img[((0 * C + 1) * H + 3) * W + 60] = float.NaN;   // image 0, channel 1: (3, 60) is > 10σ from every centre, outside every band
+        g[(1 * C + 0) * h * w + 5] = float.NaN;            // grad_out of image 1, channel 0
+        GlimpseVsReference(N, C, H, W, h, w, img, p, g);
+    }
+
     [TestCase(1e20f, 1f)]     // flat filters
     [TestCase(1e-20f, 1f)]    // filters narrower than any pixel distance
     [TestCase(1.5f, 1e20f)]   // every filter but the first far outside

@@ -29,6 +29,9 @@ public class GlimpseTests(string backend)
         yield return new(2, 3, 25, 27, 8, 7, Kind.Outside);
         yield return new(1, 2, 30, 26, 9, 10, Kind.NegativeStride);
         yield return new(1, 70, 12, 13, 3, 4);                    // many channels: the backward's channel sum spans work items
+        yield return new(2, 2, 97, 83, 11, 13);                   // σ ≪ image: narrow bands of nonzero weights (the CPU skips the rest)
+        yield return new(1, 3, 90, 40, 20, 6, Kind.TinySigma);    // narrow bands, h ≫ w
+        yield return new(1, 2, 41, 77, 5, 19, Kind.NegativeStride); // narrow bands, centres descending
     }
 
     [Test]

@@ -5,9 +5,11 @@ namespace GpuAttention.Backends.Cpu;
 
 /// <summary>
 /// Separable Gaussian glimpse on the CPU. Work items are (image n, chunk of channels) spread over all cores; each builds
-/// image n's two filterbanks once into thread-local scratch (O(H·h + W·w) exps) and runs both products per channel with
-/// register-blocked <see cref="Vector{T}"/> FMAs, in the cheaper order for the shape. The backward accumulates dAy, dAx
-/// per work item and reduces them in a fixed order (deterministic), then goes through the normalisation per image.
+/// image n's two filterbanks once into thread-local scratch (O(H·h + W·w) vectorised exps) with the bands of their nonzero
+/// weights, and runs both products per channel with register-blocked <see cref="Vector{T}"/> FMAs over those bands only
+/// (a Gaussian of σ 1–2 px covers ~30 of 128 pixels: the products skip most multiply-adds), in the order with fewer banded
+/// multiply-adds. The backward accumulates dAyᵀ, dAxᵀ per work item and reduces them in a fixed order (deterministic), then
+/// goes through the normalisation per image.
 /// </summary>
 internal sealed unsafe partial class CpuBackend : IGlimpseBackend
 {
@@ -36,25 +38,143 @@ internal sealed unsafe partial class CpuBackend : IGlimpseBackend
     /// </summary>
     internal const float FilterFlush = 1e-15f;
 
-    /// <summary>Builds A[c, r] (row-major [size, m]) for one axis; the same float formula as the kernels.</summary>
-    internal static void Filterbank(float* a, int size, int m, float u, float s, float d)
+    /// <summary>
+    /// Builds A[c, r] (row-major [size, m]) for one axis: the contract's formula, one row r at a time in
+    /// <paramref name="row"/> (size floats) with vectorised exps (<see cref="System.Numerics.Tensors.TensorPrimitives.Exp(ReadOnlySpan{float}, Span{float})"/>).
+    /// </summary>
+    internal static void Filterbank(float* a, int size, int m, float u, float s, float d, float* row)
     {
+        int V = Vector<float>.Count;
+        var span = new Span<float>(row, size);
+        var iota = Vector<float>.Indices;
         for (int r = 0; r < m; r++)
         {
-            float mu = u + r * d, z = 0;
-            for (int c = 0; c < size; c++)
+            float mu = u + r * d;
+            var vmu = new Vector<float>(mu);
+            var vs = new Vector<float>(s);
+            var half = new Vector<float>(-0.5f);
+            int c = 0;
+            for (; c + V <= size; c += V)
+            {
+                var t = (iota + new Vector<float>(c) - vmu) / vs;
+                (half * t * t).Store(row + c);
+            }
+            for (; c < size; c++)
             {
                 float t = (c - mu) / s;
-                float e = MathF.Exp(-0.5f * t * t);
-                a[(long)c * m + r] = e;
-                z += e;
+                row[c] = -0.5f * t * t;
             }
-            float inv = 1f / (z + 1e-8f);
-            for (int c = 0; c < size; c++)
+            System.Numerics.Tensors.TensorPrimitives.Exp(span, span);
+            float inv = 1f / (System.Numerics.Tensors.TensorPrimitives.Sum<float>(span) + 1e-8f);
+            for (c = 0; c < size; c++)
             {
-                float v = a[(long)c * m + r] * inv;
+                float v = row[c] * inv;
                 a[(long)c * m + r] = v < FilterFlush ? 0f : v;
             }
+        }
+    }
+
+    /// <summary>
+    /// The bands of nonzero weights of A ([size, m]): per glimpse row r, <paramref name="byOut"/>[2r..2r+1] = [lo, hi) over c
+    /// holding every nonzero (NaN counts) A[c, r]; per image row c, <paramref name="byIn"/>[2c..2c+1] the same over r; (0, 0)
+    /// when there is none. A Gaussian of σ ≲ size/16 is nonzero on a small part of the image (weights below
+    /// <see cref="FilterFlush"/> are stored as 0), so the products below skip most of their multiply-adds. Returns false when A
+    /// holds a NaN (the products then run dense, so that the NaN reaches what a dense product reaches).
+    /// </summary>
+    private static bool FilterBands(float* a, int size, int m, int* byOut, int* byIn)
+    {
+        new Span<int>(byOut, 2 * m).Clear();
+        bool noNaN = true;
+        for (int c = 0; c < size; c++)
+        {
+            float* row = a + (long)c * m;
+            int lo = 0, hi = 0;
+            for (int r = 0; r < m; r++)
+            {
+                float v = row[r];
+                if (v == 0f) continue;       // NaN != 0: inside the band
+                noNaN &= !float.IsNaN(v);
+                if (hi == 0) lo = r;
+                hi = r + 1;
+                if (byOut[2 * r + 1] == 0) byOut[2 * r] = c;
+                byOut[2 * r + 1] = c + 1;
+            }
+            byIn[2 * c] = lo; byIn[2 * c + 1] = hi;
+        }
+        return noNaN;
+    }
+
+    /// <summary>Intersects [lo, hi) with the union of the non-empty bands i0 ≤ i &lt; i1 (empty when all are empty).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void BandUnion(int* band, int i0, int i1, ref int lo, ref int hi)
+    {
+        int l = int.MaxValue, h = 0;
+        for (int i = i0; i < i1; i++)
+        {
+            int a = band[2 * i], b = band[2 * i + 1];
+            if (a < b) { l = Math.Min(l, a); h = Math.Max(h, b); }
+        }
+        if (l >= h) { lo = 0; hi = 0; return; }
+        lo = Math.Max(lo, l); hi = Math.Min(hi, h);
+    }
+
+    /// <summary>Σ over blocks of <paramref name="blk"/> consecutive bands of (union length × bands in the block): the multiply-adds per
+    /// unit of the other dimension of a product banded as <see cref="MatMul"/> blocks it.</summary>
+    private static double BlockedSpan(int* band, int n, int blk)
+    {
+        double t = 0;
+        for (int i = 0; i < n; i += blk)
+        {
+            int e = Math.Min(n, i + blk), lo = 0, hi = int.MaxValue;
+            BandUnion(band, i, e, ref lo, ref hi);
+            t += (double)(hi - lo) * (e - i);
+        }
+        return t;
+    }
+
+    /// <summary>Image n's two filterbanks and the bands of their nonzero weights (<see cref="FilterBands"/>), in scratch.</summary>
+    private struct Filters
+    {
+        public float* Ay, Ax;                     // [H, h], [W, w]
+        public int* AyOut, AyIn, AxOut, AxIn;     // bands by glimpse row (over image rows) and by image row (over glimpse rows)
+        public bool NoNaN;
+
+        /// <summary>Floats of scratch <see cref="Build"/> uses.</summary>
+        public static long Floats(in GlimpseShape s) => (long)s.H * s.Gh + (long)s.W * s.Gw + Math.Max(s.H, s.W) + 2L * (s.H + s.W + s.Gh + s.Gw);
+
+        public static Filters Build(float* at, in GlimpseShape s, float* p)
+        {
+            int H = s.H, W = s.W, h = s.Gh, w = s.Gw;
+            Filters f;
+            f.Ay = at; f.Ax = at + (long)H * h;
+            float* row = f.Ax + (long)W * w;
+            f.AyOut = (int*)(row + Math.Max(H, W)); f.AyIn = f.AyOut + 2 * h; f.AxOut = f.AyIn + 2 * H; f.AxIn = f.AxOut + 2 * w;
+            Filterbank(f.Ay, H, h, p[0], p[1], p[2], row);
+            Filterbank(f.Ax, W, w, p[3], p[4], p[5], row);
+            f.NoNaN = FilterBands(f.Ay, H, h, f.AyOut, f.AyIn) & FilterBands(f.Ax, W, w, f.AxOut, f.AxIn);
+            return f;
+        }
+
+        /// <summary>The forward order with the fewer banded multiply-adds (the shape's dense choice when the bands are unusable).</summary>
+        public readonly bool ForwardXFirst(in GlimpseShape s)
+        {
+            if (!NoNaN) return s.XFirst;
+            int V = Vector<float>.Count;
+            double y = s.W * BlockedSpan(AyOut, s.Gh, 4) + s.Gh * BlockedSpan(AxOut, s.Gw, V);   // U = Ayᵀ·img, U·Ax
+            double x = s.H * BlockedSpan(AxOut, s.Gw, V) + s.Gw * BlockedSpan(AyOut, s.Gh, 4);   // T = img·Ax, Ayᵀ·T
+            return x < y;
+        }
+
+        /// <summary>The backward order with the fewer banded multiply-adds (see <see cref="GlimpseBackwardItem"/>).</summary>
+        public readonly bool BackwardXFirst(in GlimpseShape s)
+        {
+            if (!NoNaN) return s.BackwardXFirst;
+            int V = Vector<float>.Count;
+            double y = s.Gh * BlockedSpan(AxIn, s.W, V) + s.W * BlockedSpan(AyIn, s.H, 4) + 2.0 * s.W * BlockedSpan(AyOut, s.Gh, 4)
+                + s.Gh * BlockedSpan(AxOut, s.Gw, 4);
+            double x = s.Gw * BlockedSpan(AyIn, s.H, 4) + s.H * BlockedSpan(AxIn, s.W, V) + s.H * BlockedSpan(AxOut, s.Gw, 4)
+                + s.H * BlockedSpan(AxOut, s.Gw, V) + s.Gw * BlockedSpan(AyOut, s.Gh, 4);
+            return x < y;
         }
     }
 
@@ -63,9 +183,8 @@ internal sealed unsafe partial class CpuBackend : IGlimpseBackend
     {
         public GlimpseShape S;
         public float* Image, Params, Gamma, Out, GradOut, GradImage, GradParams, GradLogGamma, Partials;
-        public long Part;                 // floats of one backward item's partial (dAy, then dAx)
+        public long Part;                 // floats of one backward item's partial (dAyᵀ [h, H], then dAxᵀ [w, W])
         public int Chunks, Per;           // channel chunks per image, channels per chunk
-        public bool XFirst;
     }
 
     // Backward partials of every work item (grow-only, per calling thread).
@@ -78,12 +197,17 @@ internal sealed unsafe partial class CpuBackend : IGlimpseBackend
         var ctx = new GlimpseCtx
         {
             S = s, Image = Ptr(a.Image), Params = Ptr(a.Params), Gamma = Ptr(a.Gamma), Out = Ptr(a.Out),
-            Chunks = chunks, Per = (s.C + chunks - 1) / chunks, XFirst = s.XFirst,
+            Chunks = chunks, Per = (s.C + chunks - 1) / chunks,
         };
         CpuWorkers.For(WorkItems((long)s.N * chunks, "glimpse work items"), &GlimpseForwardItem, &ctx);
     }
 
-    /// <summary>Work item (image n, chunk of channels): builds the filterbanks, then both products per channel.</summary>
+    /// <summary>
+    /// Work item (image n, chunk of channels): builds the filterbanks and their bands, then both products per channel, each
+    /// over the bands of nonzero weights only. A channel whose image (or first product) holds a non-finite value runs dense,
+    /// so that NaN and ∞ spread exactly as through a dense product (0·∞ = NaN); with finite operands the skipped terms are
+    /// exact zeros and the result is the dense one.
+    /// </summary>
     private static void GlimpseForwardItem(void* pctx, int item)
     {
         ref readonly GlimpseCtx c = ref *(GlimpseCtx*)pctx;
@@ -92,25 +216,28 @@ internal sealed unsafe partial class CpuBackend : IGlimpseBackend
         int n = item / chunks, c0 = item % chunks * per, c1 = Math.Min(s.C, c0 + per);
         if (c0 >= c1) return;
         int H = s.H, W = s.W, h = s.Gh, w = s.Gw;
-        float* ay = GlimpseScratch((long)H * h + (long)W * w + Math.Max((long)h * W, (long)H * w), out var pin);
-        float* ax = ay + (long)H * h, tmp = ax + (long)W * w;
-        float* p = c.Params + n * 6;
-        Filterbank(ay, H, h, p[0], p[1], p[2]);
-        Filterbank(ax, W, w, p[3], p[4], p[5]);
+        long fl = Filters.Floats(s);
+        float* sc = GlimpseScratch(fl + Math.Max((long)h * W, (long)H * w), out var pin);
+        var f = Filters.Build(sc, s, c.Params + n * 6);
+        float* tmp = sc + fl;
+        bool xFirst = f.ForwardXFirst(s);
         float g = c.Gamma == null ? 1f : c.Gamma[n];
         for (int ch = c0; ch < c1; ch++)
         {
             float* im = c.Image + ((long)n * s.C + ch) * H * W;
             float* o = c.Out + ((long)n * s.C + ch) * h * w;
-            if (c.XFirst)
+            bool fin = f.NoNaN && AllFinite(im, (long)H * W);
+            if (xFirst)
             {
-                MatMul(im, W, 1, ax, w, tmp, w, H, w, W, 1f, false);      // T = img·Ax        [H, w]
-                MatMul(ay, 1, h, tmp, w, o, w, h, w, H, g, false);        // out = γ·Ayᵀ·T     [h, w]
+                MatMul(im, W, 1, f.Ax, w, tmp, w, H, w, W, 1f, false, colK: fin ? f.AxOut : null);              // T = img·Ax      [H, w]
+                fin = fin && AllFinite(tmp, (long)H * w);
+                MatMul(f.Ay, 1, h, tmp, w, o, w, h, w, H, g, false, rowK: fin ? f.AyOut : null);                // out = γ·Ayᵀ·T   [h, w]
             }
             else
             {
-                MatMul(ay, 1, h, im, W, tmp, W, h, W, H, 1f, false);      // U = Ayᵀ·img       [h, W]
-                MatMul(tmp, W, 1, ax, w, o, w, h, w, W, g, false);        // out = γ·U·Ax      [h, w]
+                MatMul(f.Ay, 1, h, im, W, tmp, W, h, W, H, 1f, false, rowK: fin ? f.AyOut : null);              // U = Ayᵀ·img     [h, W]
+                fin = fin && AllFinite(tmp, (long)h * W);
+                MatMul(tmp, W, 1, f.Ax, w, o, w, h, w, W, g, false, colK: fin ? f.AxOut : null);                // out = γ·U·Ax    [h, w]
             }
         }
         GC.KeepAlive(pin);
@@ -120,20 +247,24 @@ internal sealed unsafe partial class CpuBackend : IGlimpseBackend
     {
         var s = a.Shape;
         int chunks = ChannelChunks(s);
-        long part = (long)s.Gh * s.H + (long)s.W * s.Gw;      // dAy (y-first: transposed [h, H]; x-first: [H, h]) then dAx [W, w] per work item
+        long part = (long)s.Gh * s.H + (long)s.Gw * s.W;      // dAyᵀ [h, H] then dAxᵀ [w, W] per work item
         int items = WorkItems((long)s.N * chunks, "glimpse work items");
         var ctx = new GlimpseCtx
         {
             S = s, Image = Ptr(a.Image), Params = Ptr(a.Params), Gamma = Ptr(a.Gamma), GradOut = Ptr(a.GradOut),
             GradImage = Ptr(a.GradImage), GradParams = Ptr(a.GradParams), GradLogGamma = Ptr(a.GradLogGamma),
             Partials = GrowScratch(ref t_glimpsePartials, items * part),
-            Part = part, Chunks = chunks, Per = (s.C + chunks - 1) / chunks, XFirst = s.BackwardXFirst,
+            Part = part, Chunks = chunks, Per = (s.C + chunks - 1) / chunks,
         };
         CpuWorkers.For(items, &GlimpseBackwardItem, &ctx);
         CpuWorkers.For(s.N, &GlimpseBackwardParamsItem, &ctx);
     }
 
-    /// <summary>Work item (image n, chunk of channels): grad_image of its channels, and its partial dAy, dAx.</summary>
+    /// <summary>
+    /// Work item (image n, chunk of channels): grad_image of its channels, and its partial dAyᵀ, dAxᵀ, every product over the
+    /// bands of nonzero weights (dA only where A is nonzero: the rest is never read), dense for a channel with a non-finite
+    /// operand (as <see cref="GlimpseForwardItem"/>).
+    /// </summary>
     private static void GlimpseBackwardItem(void* pctx, int item)
     {
         ref readonly GlimpseCtx c = ref *(GlimpseCtx*)pctx;
@@ -142,39 +273,43 @@ internal sealed unsafe partial class CpuBackend : IGlimpseBackend
         int chunks = c.Chunks, per = c.Per;
         long part = c.Part;
         int n = item / chunks, c0 = item % chunks * per, c1 = Math.Min(s.C, c0 + per);
-        float* dayT = c.Partials + item * part, dax = dayT + (long)h * H;
+        float* dayT = c.Partials + item * part, daxT = dayT + (long)h * H;
         new Span<float>(dayT, (int)part).Clear();
         if (c0 >= c1) return;
-        long fb = (long)H * h + (long)W * w;
-        float* ay = GlimpseScratch(fb + (long)w * W + 2 * Math.Max((long)h * W, (long)H * w), out var pin);
-        float* ax = ay + (long)H * h, axT = ax + (long)W * w, v = axT + (long)w * W, u = v + Math.Max((long)h * W, (long)H * w);
-        float* p = c.Params + n * 6;
-        Filterbank(ay, H, h, p[0], p[1], p[2]);
-        Filterbank(ax, W, w, p[3], p[4], p[5]);
+        long fl = Filters.Floats(s), mx = Math.Max((long)h * W, (long)H * w);
+        float* sc = GlimpseScratch(fl + (long)w * W + 2 * mx, out var pin);
+        var f = Filters.Build(sc, s, c.Params + n * 6);
+        float* axT = sc + fl, v = axT + (long)w * W, u = v + mx;
         for (int x = 0; x < W; x++)
-            for (int j = 0; j < w; j++) axT[(long)j * W + x] = ax[(long)x * w + j];
+            for (int j = 0; j < w; j++) axT[(long)j * W + x] = f.Ax[(long)x * w + j];
+        bool xFirst = f.BackwardXFirst(s);
         float g = c.Gamma == null ? 1f : c.Gamma[n];
         for (int ch = c0; ch < c1; ch++)
         {
             float* im = c.Image + ((long)n * s.C + ch) * H * W;
             float* gOut = c.GradOut + ((long)n * s.C + ch) * h * w;
             float* gIm = c.GradImage + ((long)n * s.C + ch) * H * W;
-            if (c.XFirst)
+            bool fin = f.NoNaN && AllFinite(im, (long)H * W) && AllFinite(gOut, (long)h * w);
+            if (xFirst)
             {
-                float* pm = v, tm = v + (long)H * w;
-                MatMul(ay, h, 1, gOut, w, pm, w, H, w, h, g, false);   // P = γ·Ay·G           [H, w]
-                MatMul(pm, w, 1, axT, W, gIm, W, H, W, w, 1f, false);  // grad_img = P·Axᵀ     [H, W]
-                MatMul(im, 1, W, pm, w, dax, w, W, w, H, 1f, true);    // dAx += imgᵀ·P        [W, w]
-                MatMul(im, W, 1, ax, w, tm, w, H, w, W, g, false);     // T = γ·img·Ax         [H, w]
-                MatMulABt(tm, gOut, dayT, h, H, h, w);                 // dAy += T·Gᵀ          [H, h]
+                float* pm = v, tm = u;
+                MatMul(f.Ay, h, 1, gOut, w, pm, w, H, w, h, g, false, rowK: fin ? f.AyIn : null);         // P = γ·Ay·G           [H, w]
+                bool pf = fin && AllFinite(pm, (long)H * w);
+                MatMul(pm, w, 1, axT, W, gIm, W, H, W, w, 1f, false, colK: pf ? f.AxIn : null);           // grad_img = P·Axᵀ     [H, W]
+                MatMul(pm, 1, w, im, W, daxT, W, w, W, H, 1f, true, rowCols: pf ? f.AxOut : null);        // dAxᵀ += Pᵀ·img       [w, W]
+                MatMul(im, W, 1, f.Ax, w, tm, w, H, w, W, g, false, colK: fin ? f.AxOut : null);          // T = γ·img·Ax         [H, w]
+                bool tf = fin && AllFinite(tm, (long)H * w);
+                MatMulABt(gOut, tm, dayT, H, h, H, w, rowCols: tf ? f.AyOut : null);                      // dAyᵀ += G·Tᵀ         [h, H]
             }
             else
             {
-                MatMul(gOut, w, 1, axT, W, v, W, h, W, w, g, false);   // V = γ·G·Axᵀ          [h, W]
-                MatMul(ay, h, 1, v, W, gIm, W, H, W, h, 1f, false);    // grad_img = Ay·V      [H, W]
-                MatMulABt(v, im, dayT, H, h, H, W);                    // dAyᵀ += V·imgᵀ       [h, H]
-                MatMul(ay, 1, h, im, W, u, W, h, W, H, 1f, false);     // U = Ayᵀ·img          [h, W]
-                MatMul(u, 1, W, gOut, w, dax, w, W, w, h, g, true);    // dAx += γ·Uᵀ·G        [W, w]
+                MatMul(gOut, w, 1, axT, W, v, W, h, W, w, g, false, colK: fin ? f.AxIn : null);           // V = γ·G·Axᵀ          [h, W]
+                bool vf = fin && AllFinite(v, (long)h * W);
+                MatMul(f.Ay, h, 1, v, W, gIm, W, H, W, h, 1f, false, rowK: vf ? f.AyIn : null);           // grad_img = Ay·V      [H, W]
+                MatMulABt(v, im, dayT, H, h, H, W, rowCols: vf ? f.AyOut : null);                         // dAyᵀ += V·imgᵀ       [h, H]
+                MatMul(f.Ay, 1, h, im, W, u, W, h, W, H, 1f, false, rowK: fin ? f.AyOut : null);          // U = Ayᵀ·img          [h, W]
+                bool uf = fin && AllFinite(u, (long)h * W);
+                MatMul(gOut, 1, w, u, W, daxT, W, w, W, h, g, true, rowCols: uf ? f.AxOut : null);        // dAxᵀ += γ·Gᵀ·U       [w, W]
             }
         }
         GC.KeepAlive(pin);
@@ -188,21 +323,17 @@ internal sealed unsafe partial class CpuBackend : IGlimpseBackend
         int H = s.H, W = s.W, h = s.Gh, w = s.Gw;
         int chunks = c.Chunks;
         long part = c.Part;
-        float* total = GlimpseScratch(part + (long)H * h + (long)W * w, out var pin);
-        float* ay = total + part, ax = ay + (long)H * h;
+        float* total = GlimpseScratch(part + Filters.Floats(s), out var pin);
         var tot = new Span<float>(total, (int)part);
         new ReadOnlySpan<float>(c.Partials + (long)n * chunks * part, (int)part).CopyTo(tot);
         for (int k = 1; k < chunks; k++)
             System.Numerics.Tensors.TensorPrimitives.Add(tot, new ReadOnlySpan<float>(c.Partials + ((long)n * chunks + k) * part, (int)part), tot);
         float* p = c.Params + n * 6;
-        Filterbank(ay, H, h, p[0], p[1], p[2]);
-        Filterbank(ax, W, w, p[3], p[4], p[5]);
+        var f = Filters.Build(total + part, s, p);
         float* dp = c.GradParams + n * 6;
-        // y-first holds dAy transposed ([h, H]: element (c, r) at r*H + c); x-first as [H, h].
-        float sy = c.XFirst
-            ? FilterbankBackward(ay, total, h, 1, H, h, p[0], p[1], p[2], out dp[0], out dp[1], out dp[2])
-            : FilterbankBackward(ay, total, 1, H, H, h, p[0], p[1], p[2], out dp[0], out dp[1], out dp[2]);
-        FilterbankBackward(ax, total + (long)h * H, w, 1, W, w, p[3], p[4], p[5], out dp[3], out dp[4], out dp[5]);
+        // dAyᵀ [h, H]: element (c, r) at r·H + c; dAxᵀ [w, W] likewise.
+        float sy = FilterbankBackward(f.Ay, total, 1, H, H, h, p[0], p[1], p[2], out dp[0], out dp[1], out dp[2]);
+        FilterbankBackward(f.Ax, total + (long)h * H, 1, W, W, w, p[3], p[4], p[5], out dp[3], out dp[4], out dp[5]);
         if (c.GradLogGamma != null) c.GradLogGamma[n] = sy;
         GC.KeepAlive(pin);
     }
@@ -239,44 +370,54 @@ internal sealed unsafe partial class CpuBackend : IGlimpseBackend
     /// <summary>
     /// C[i, :] = alpha·Σ_k A(i, k)·B[k, :] (+ C when <paramref name="accumulate"/>), i &lt; M, columns &lt; N, k &lt; K, with A(i, k) at
     /// a[i·rsA + k·csA] (any strides: A is read one scalar at a time) and B, C row-major with leading dims ldb, ldc.
-    /// Register-blocked: 4 rows × 2 vectors of columns per pass, each B row load shared by the 4 rows.
+    /// Register-blocked: 4 rows × 2 vectors of columns per pass (× 1 vector when banded by column), each B row load shared by
+    /// the 4 rows. Bands (pairs [lo, hi), see <see cref="FilterBands"/>; null = dense): <paramref name="rowK"/> per row i holds
+    /// every k with A(i, k) ≠ 0; <paramref name="colK"/> per column j every k with B[k, j] ≠ 0 (a block sums over the
+    /// union of its rows' and columns' bands, intersected); <paramref name="rowCols"/> per row i the columns of C wanted (only
+    /// with <paramref name="accumulate"/>; the others are left as they are).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    internal static void MatMul(float* a, long rsA, long csA, float* b, long ldb, float* c, long ldc, int M, int N, int K, float alpha, bool accumulate)
+    internal static void MatMul(float* a, long rsA, long csA, float* b, long ldb, float* c, long ldc, int M, int N, int K, float alpha, bool accumulate,
+        int* rowK = null, int* colK = null, int* rowCols = null)
     {
+        System.Diagnostics.Debug.Assert(rowCols == null || accumulate);
         int V = Vector<float>.Count;
-        int nv2 = N - N % (2 * V), nv = N - N % V;
         var al = new Vector<float>(alpha);
         int i = 0;
         for (; i + 4 <= M; i += 4)
         {
             float* a0 = a + i * rsA, a1 = a0 + rsA, a2 = a1 + rsA, a3 = a2 + rsA;
             float* c0 = c + i * ldc, c1 = c0 + ldc, c2 = c1 + ldc, c3 = c2 + ldc;
-            int j = 0;
-            for (; j < nv2; j += 2 * V)
-            {
-                Vector<float> x0 = default, x1 = default, x2 = default, x3 = default, y0 = default, y1 = default, y2 = default, y3 = default;
-                for (int k = 0; k < K; k++)
+            int rk0 = 0, rk1 = K, j = 0, jEnd = N;
+            if (rowK != null) BandUnion(rowK, i, i + 4, ref rk0, ref rk1);
+            if (rowCols != null) BandUnion(rowCols, i, i + 4, ref j, ref jEnd);
+            if (colK == null)
+                for (; j + 2 * V <= jEnd; j += 2 * V)
                 {
-                    float* br = b + k * ldb + j;
-                    var b0 = Vector.Load(br); var b1 = Vector.Load(br + V);
-                    long ko = k * csA;
-                    var s0 = new Vector<float>(a0[ko]); var s1 = new Vector<float>(a1[ko]);
-                    var s2 = new Vector<float>(a2[ko]); var s3 = new Vector<float>(a3[ko]);
-                    x0 = Vector.FusedMultiplyAdd(s0, b0, x0); y0 = Vector.FusedMultiplyAdd(s0, b1, y0);
-                    x1 = Vector.FusedMultiplyAdd(s1, b0, x1); y1 = Vector.FusedMultiplyAdd(s1, b1, y1);
-                    x2 = Vector.FusedMultiplyAdd(s2, b0, x2); y2 = Vector.FusedMultiplyAdd(s2, b1, y2);
-                    x3 = Vector.FusedMultiplyAdd(s3, b0, x3); y3 = Vector.FusedMultiplyAdd(s3, b1, y3);
+                    Vector<float> x0 = default, x1 = default, x2 = default, x3 = default, y0 = default, y1 = default, y2 = default, y3 = default;
+                    for (int k = rk0; k < rk1; k++)
+                    {
+                        float* br = b + k * ldb + j;
+                        var b0 = Vector.Load(br); var b1 = Vector.Load(br + V);
+                        long ko = k * csA;
+                        var s0 = new Vector<float>(a0[ko]); var s1 = new Vector<float>(a1[ko]);
+                        var s2 = new Vector<float>(a2[ko]); var s3 = new Vector<float>(a3[ko]);
+                        x0 = Vector.FusedMultiplyAdd(s0, b0, x0); y0 = Vector.FusedMultiplyAdd(s0, b1, y0);
+                        x1 = Vector.FusedMultiplyAdd(s1, b0, x1); y1 = Vector.FusedMultiplyAdd(s1, b1, y1);
+                        x2 = Vector.FusedMultiplyAdd(s2, b0, x2); y2 = Vector.FusedMultiplyAdd(s2, b1, y2);
+                        x3 = Vector.FusedMultiplyAdd(s3, b0, x3); y3 = Vector.FusedMultiplyAdd(s3, b1, y3);
+                    }
+                    Store(c0 + j, x0 * al, accumulate); Store(c0 + j + V, y0 * al, accumulate);
+                    Store(c1 + j, x1 * al, accumulate); Store(c1 + j + V, y1 * al, accumulate);
+                    Store(c2 + j, x2 * al, accumulate); Store(c2 + j + V, y2 * al, accumulate);
+                    Store(c3 + j, x3 * al, accumulate); Store(c3 + j + V, y3 * al, accumulate);
                 }
-                Store(c0 + j, x0 * al, accumulate); Store(c0 + j + V, y0 * al, accumulate);
-                Store(c1 + j, x1 * al, accumulate); Store(c1 + j + V, y1 * al, accumulate);
-                Store(c2 + j, x2 * al, accumulate); Store(c2 + j + V, y2 * al, accumulate);
-                Store(c3 + j, x3 * al, accumulate); Store(c3 + j + V, y3 * al, accumulate);
-            }
-            for (; j < nv; j += V)
+            for (; j + V <= jEnd; j += V)
             {
+                int k0 = rk0, k1 = rk1;
+                if (colK != null) BandUnion(colK, j, j + V, ref k0, ref k1);
                 Vector<float> x0 = default, x1 = default, x2 = default, x3 = default;
-                for (int k = 0; k < K; k++)
+                for (int k = k0; k < k1; k++)
                 {
                     var b0 = Vector.Load(b + k * ldb + j);
                     long ko = k * csA;
@@ -288,10 +429,12 @@ internal sealed unsafe partial class CpuBackend : IGlimpseBackend
                 Store(c0 + j, x0 * al, accumulate); Store(c1 + j, x1 * al, accumulate);
                 Store(c2 + j, x2 * al, accumulate); Store(c3 + j, x3 * al, accumulate);
             }
-            for (; j < N; j++)
+            for (; j < jEnd; j++)
             {
+                int k0 = rk0, k1 = rk1;
+                if (colK != null) BandUnion(colK, j, j + 1, ref k0, ref k1);
                 float x0 = 0, x1 = 0, x2 = 0, x3 = 0;
-                for (int k = 0; k < K; k++)
+                for (int k = k0; k < k1; k++)
                 {
                     float bv = b[k * ldb + j];
                     long ko = k * csA;
@@ -305,17 +448,23 @@ internal sealed unsafe partial class CpuBackend : IGlimpseBackend
         {
             float* ar = a + i * rsA;
             float* cr = c + i * ldc;
-            int j = 0;
-            for (; j < nv; j += V)
+            int rk0 = 0, rk1 = K, j = 0, jEnd = N;
+            if (rowK != null) BandUnion(rowK, i, i + 1, ref rk0, ref rk1);
+            if (rowCols != null) BandUnion(rowCols, i, i + 1, ref j, ref jEnd);
+            for (; j + V <= jEnd; j += V)
             {
+                int k0 = rk0, k1 = rk1;
+                if (colK != null) BandUnion(colK, j, j + V, ref k0, ref k1);
                 Vector<float> x0 = default;
-                for (int k = 0; k < K; k++) x0 = Vector.FusedMultiplyAdd(new Vector<float>(ar[k * csA]), Vector.Load(b + k * ldb + j), x0);
+                for (int k = k0; k < k1; k++) x0 = Vector.FusedMultiplyAdd(new Vector<float>(ar[k * csA]), Vector.Load(b + k * ldb + j), x0);
                 Store(cr + j, x0 * al, accumulate);
             }
-            for (; j < N; j++)
+            for (; j < jEnd; j++)
             {
+                int k0 = rk0, k1 = rk1;
+                if (colK != null) BandUnion(colK, j, j + 1, ref k0, ref k1);
                 float x0 = 0;
-                for (int k = 0; k < K; k++) x0 += ar[k * csA] * b[k * ldb + j];
+                for (int k = k0; k < k1; k++) x0 += ar[k * csA] * b[k * ldb + j];
                 cr[j] = alpha * x0 + (accumulate ? cr[j] : 0);
             }
         }
@@ -328,9 +477,12 @@ internal sealed unsafe partial class CpuBackend : IGlimpseBackend
         x.Store(p);
     }
 
-    /// <summary>C[i, j] += Σ_k A[i, k]·B[j, k] (rows contiguous, length K), C row-major [M, ldc]; 4 rows of A share each B row load.</summary>
+    /// <summary>
+    /// C[i, j] += Σ_k A[i, k]·B[j, k] (rows contiguous, length K), C row-major [M, ldc]; 4 rows of A share each B row load.
+    /// <paramref name="rowCols"/> (null = all): per row i the columns [lo, hi) of C wanted; a 4-row block computes their union.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    internal static void MatMulABt(float* a, float* b, float* c, long ldc, int M, int N, int K)
+    internal static void MatMulABt(float* a, float* b, float* c, long ldc, int M, int N, int K, int* rowCols = null)
     {
         int V = Vector<float>.Count;
         int kv = K - K % V;
@@ -338,7 +490,9 @@ internal sealed unsafe partial class CpuBackend : IGlimpseBackend
         for (; i + 4 <= M; i += 4)
         {
             float* a0 = a + (long)i * K, a1 = a0 + K, a2 = a1 + K, a3 = a2 + K;
-            for (int j = 0; j < N; j++)
+            int j = 0, jEnd = N;
+            if (rowCols != null) BandUnion(rowCols, i, i + 4, ref j, ref jEnd);
+            for (; j < jEnd; j++)
             {
                 float* br = b + (long)j * K;
                 Vector<float> x0 = default, x1 = default, x2 = default, x3 = default;
@@ -360,8 +514,12 @@ internal sealed unsafe partial class CpuBackend : IGlimpseBackend
             }
         }
         for (; i < M; i++)
-            for (int j = 0; j < N; j++)
+        {
+            int j = 0, jEnd = N;
+            if (rowCols != null) BandUnion(rowCols, i, i + 1, ref j, ref jEnd);
+            for (; j < jEnd; j++)
                 c[i * ldc + j] += System.Numerics.Tensors.TensorPrimitives.Dot(new ReadOnlySpan<float>(a + (long)i * K, K), new ReadOnlySpan<float>(b + (long)j * K, K));
+        }
     }
 
     public void DrawParams(in DrawParamsArgs a)
