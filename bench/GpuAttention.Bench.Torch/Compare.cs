@@ -206,34 +206,50 @@ public static unsafe class Compare
         return Interleave(ours.Run, peer.Run, reps, maxRel);
     }
 
-    public static Result RunGrid(Device dev, GridCase c, int reps)
+    /// <summary>grid_sample inputs of a case (fixed seed): input and grad_out uniform in [−1, 1], grid in [−1.1, 1.1].</summary>
+    public static (float[] Input, float[] Grid, float[] GradOut) GridInputs(GridCase c)
     {
         var rng = new Random(12345);
         float[] input = Rand(rng, (long)c.N * c.C * c.H * c.W), g = Rand(rng, (long)c.N * c.C * c.Ho * c.Wo);
         float[] grid = Rand(rng, (long)c.N * c.Ho * c.Wo * 2);
         for (int i = 0; i < grid.Length; i++) grid[i] *= 1.1f;
+        return (input, grid, g);
+    }
+
+    /// <summary>Glimpse inputs of a case (fixed seed): image and grad_out uniform in [−1, 1], parameters by <see cref="GlimpseCase.Params"/>.</summary>
+    public static (float[] Image, float[] Params, float[] GradOut) GlimpseInputs(GlimpseCase c)
+    {
+        var rng = new Random(12345);
+        float[] image = Rand(rng, (long)c.N * c.C * c.H * c.W), g = Rand(rng, (long)c.N * c.C * c.Gh * c.Gw);
+        return (image, c.Params(rng), g);
+    }
+
+    /// <summary>Runs both once and returns the largest relative difference of their outputs; throws past <paramref name="bound"/>.</summary>
+    public static double CheckSame(string name, Action ours, Func<float[][]> oursOut, Action peer, Func<float[][]> peerOut, double bound)
+    {
+        ours(); peer();
+        double maxRel = 0;
+        var a = oursOut(); var b = peerOut();
+        for (int i = 0; i < a.Length; i++) maxRel = Math.Max(maxRel, MaxRel(a[i], b[i]));
+        if (!(maxRel <= bound)) throw new InvalidOperationException($"{name}: outputs differ (max rel {maxRel:E2})");
+        return maxRel;
+    }
+
+    public static Result RunGrid(Device dev, GridCase c, int reps)
+    {
+        var (input, grid, g) = GridInputs(c);
         using var ours = new OursGrid(dev, c, input, grid, g);
         using var peer = new TorchGrid(c, input, grid, g);
-        ours.Run(); peer.Run();
-        double maxRel = 0;
-        var a = ours.Outputs(); var b = peer.Outputs();
-        for (int i = 0; i < a.Length; i++) maxRel = Math.Max(maxRel, MaxRel(a[i], b[i]));
-        if (!(maxRel <= 1e-3)) throw new InvalidOperationException($"{c.Name}: outputs differ (max rel {maxRel:E2})");
+        double maxRel = CheckSame(c.Name, ours.Run, ours.Outputs, peer.Run, peer.Outputs, 1e-3);
         return Interleave(ours.Run, peer.Run, reps, maxRel);
     }
 
     public static Result RunGlimpse(Device dev, GlimpseCase c, int reps)
     {
-        var rng = new Random(12345);
-        float[] image = Rand(rng, (long)c.N * c.C * c.H * c.W), g = Rand(rng, (long)c.N * c.C * c.Gh * c.Gw);
-        float[] p = c.Params(rng);
+        var (image, p, g) = GlimpseInputs(c);
         using var ours = new OursGlimpse(dev, c, image, p, g);
         using var peer = new TorchGlimpse(c, image, p, g) { FlushDenormals = true };
-        ours.Run(); peer.Run();
-        double maxRel = 0;
-        var a = ours.Outputs(); var b = peer.Outputs();
-        for (int i = 0; i < a.Length; i++) maxRel = Math.Max(maxRel, MaxRel(a[i], b[i]));
-        if (!(maxRel <= 1e-4)) throw new InvalidOperationException($"{c.Name}: outputs differ (max rel {maxRel:E2})");
+        double maxRel = CheckSame(c.Name, ours.Run, ours.Outputs, peer.Run, peer.Outputs, 1e-4);
         return Interleave(ours.Run, peer.Run, reps, maxRel);
     }
 

@@ -30,16 +30,22 @@ public sealed class LibTorchBaselineConfig : ManualConfig
         public string Id => "Rate"; public string ColumnName => "Rate";
         public bool AlwaysShow => true; public ColumnCategory Category => ColumnCategory.Custom; public int PriorityInCategory => 0;
         public bool IsNumeric => false; public UnitType UnitType => UnitType.Dimensionless;
-        public string Legend => "GFLOP/s (forward 4·B·Hq·L·S·E, causal halved, backward 2.5× forward) or, for decode, GB/s of K/V read once";
+        public string Legend => "SDPA: GFLOP/s (forward 4·B·Hq·L·S·E, causal halved, backward 2.5× forward) or, for decode, GB/s of K/V read once; grid_sample: GB/s of compulsory traffic; glimpse: GFLOP/s of the two dense products";
         public bool IsAvailable(Summary summary) => true;
         public bool IsDefault(Summary summary, BenchmarkCase c) => false;
         public string GetValue(Summary summary, BenchmarkCase c) => GetValue(summary, c, SummaryStyle.Default);
         public string GetValue(Summary summary, BenchmarkCase c, SummaryStyle style)
         {
             var r = summary[c];
-            if (r?.ResultStatistics is null || c.Parameters["Case"] is not SdpaCase k) return "-";
+            if (r?.ResultStatistics is null) return "-";
             double ms = r.ResultStatistics.Median / 1e6;
-            return k.Decode ? $"{k.Bytes / ms / 1e6:F1} GB/s" : $"{k.Flops / ms / 1e6:F1} GFLOP/s";
+            return c.Parameters["Case"] switch
+            {
+                SdpaCase k => k.Decode ? $"{k.Bytes / ms / 1e6:F1} GB/s" : $"{k.Flops / ms / 1e6:F1} GFLOP/s",
+                GridCase g => $"{g.Bytes / ms / 1e6:F1} GB/s",
+                GlimpseCase g => $"{g.Flops / ms / 1e6:F1} GFLOP/s",
+                _ => "-",
+            };
         }
     }
 }
@@ -81,4 +87,79 @@ public class SdpaVsLibTorch
 
     [GlobalCleanup]
     public void Cleanup() { _ours.Dispose(); _torch.Dispose(); _d.Dispose(); }
+}
+
+/// <summary>The workloads of <paramref name="all"/> whose name contains $GPUATTENTION_BENCH_ONLY (all when unset).</summary>
+internal static class BenchOnly
+{
+    public static IEnumerable<T> Filter<T>(IEnumerable<T> all, Func<T, string> name)
+    {
+        string? only = Environment.GetEnvironmentVariable("GPUATTENTION_BENCH_ONLY");
+        return all.Where(c => string.IsNullOrEmpty(only) || name(c).Contains(only, StringComparison.OrdinalIgnoreCase));
+    }
+}
+
+/// <summary>grid_sample workloads of issue 15 (bilinear, zeros, align_corners = false; forward and forward+backward):
+/// ours against LibTorch 2.10's grid_sample and autograd (the baseline), same inputs, outputs checked equal in setup.</summary>
+[Config(typeof(LibTorchBaselineConfig))]
+public class GridSampleVsLibTorch
+{
+    public static IEnumerable<GridCase> Cases() => BenchOnly.Filter(Compare.GridCases, c => c.Name);
+
+    [ParamsSource(nameof(Cases))] public GridCase Case { get; set; } = null!;
+
+    private Device _d = null!;
+    private OursGrid _ours = null!;
+    private TorchGrid _torch = null!;
+
+    [GlobalSetup]
+    public void Setup()
+    {
+        TorchSharp.torch.set_num_threads(Environment.ProcessorCount);
+        var (input, grid, g) = Compare.GridInputs(Case);
+        _d = Device.Open("cpu");
+        _ours = new OursGrid(_d, Case, input, grid, g);
+        _torch = new TorchGrid(Case, input, grid, g);
+        Compare.CheckSame(Case.Name, _ours.Run, _ours.Outputs, _torch.Run, _torch.Outputs, 1e-3);
+    }
+
+    [Benchmark(Baseline = true)] public void LibTorch() => _torch.Run();
+    [Benchmark] public void Ours() => _ours.Run();
+
+    [GlobalCleanup]
+    public void Cleanup() { _ours.Dispose(); _torch.Dispose(); _d.Dispose(); }
+}
+
+/// <summary>Gaussian glimpse workloads of issue 15 (forward and forward+backward): ours against the contract's formula in
+/// LibTorch 2.10 ops and autograd (the baseline), same inputs and parameters, outputs checked equal in setup. LibTorch's
+/// denormals are flushed on every thread of its pool for the whole class (as in the compare mode's glimpse rows).</summary>
+[Config(typeof(LibTorchBaselineConfig))]
+public class GlimpseVsLibTorch
+{
+    public static IEnumerable<GlimpseCase> Cases() => BenchOnly.Filter(Compare.GlimpseCases, c => c.Name);
+
+    [ParamsSource(nameof(Cases))] public GlimpseCase Case { get; set; } = null!;
+
+    private Device _d = null!;
+    private OursGlimpse _ours = null!;
+    private TorchGlimpse _torch = null!;
+
+    [GlobalSetup]
+    public void Setup()
+    {
+        TorchSharp.torch.set_num_threads(Environment.ProcessorCount);
+        var (image, p, g) = Compare.GlimpseInputs(Case);
+        _d = Device.Open("cpu");
+        _ours = new OursGlimpse(_d, Case, image, p, g);
+        _torch = new TorchGlimpse(Case, image, p, g) { FlushDenormals = true };
+        LibTorchDenormals.SetAllLibTorchThreads(true);
+        LibTorchDenormals.SetThisThread(false);
+        Compare.CheckSame(Case.Name, _ours.Run, _ours.Outputs, _torch.Run, _torch.Outputs, 1e-4);
+    }
+
+    [Benchmark(Baseline = true)] public void LibTorch() => _torch.Run();
+    [Benchmark] public void Ours() => _ours.Run();
+
+    [GlobalCleanup]
+    public void Cleanup() { LibTorchDenormals.SetAllLibTorchThreads(false); _ours.Dispose(); _torch.Dispose(); _d.Dispose(); }
 }
