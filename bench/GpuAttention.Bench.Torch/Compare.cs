@@ -175,7 +175,7 @@ public static unsafe class Compare
         return a;
     }
 
-    private static double MaxRel(float[] a, float[] b)
+    private static double MaxRel(float[] a, float[] b, double floor = 1e-30)
     {
         double maxDiff = 0, maxRef = 0;
         for (int i = 0; i < a.Length; i++)
@@ -183,7 +183,7 @@ public static unsafe class Compare
             maxDiff = Math.Max(maxDiff, Math.Abs((double)a[i] - b[i]));
             maxRef = Math.Max(maxRef, Math.Abs((double)b[i]));
         }
-        return maxDiff / Math.Max(maxRef, 1e-30);
+        return maxDiff / Math.Max(maxRef, Math.Max(floor, 1e-30));
     }
 
     public static Result RunCase(Device dev, SdpaCase c, int reps)
@@ -230,8 +230,16 @@ public static unsafe class Compare
         ours(); peer();
         double maxRel = 0;
         var a = oursOut(); var b = peerOut();
-        for (int i = 0; i < a.Length; i++) maxRel = Math.Max(maxRel, MaxRel(a[i], b[i]));
-        if (!(maxRel <= bound)) throw new InvalidOperationException($"{name}: outputs differ (max rel {maxRel:E2})");
+        if (a.Length != b.Length) throw new InvalidOperationException($"{name}: {a.Length} outputs against {b.Length}");
+        // An output far smaller than the others is measured against 1e-3 of the largest: e.g. the MHA key bias's gradient,
+        // 0 up to rounding (softmax is invariant to adding q·b_k to a whole row of scores), whose relative error is noise.
+        double scale = b.Max(x => x.Length == 0 ? 0 : x.Max(v => Math.Abs((double)v)));
+        for (int i = 0; i < a.Length; i++)
+        {
+            double r = MaxRel(a[i], b[i], 1e-3 * scale);
+            if (!(r <= bound)) throw new InvalidOperationException($"{name}: output {i} differs (max rel {r:E2})");
+            maxRel = Math.Max(maxRel, r);
+        }
         return maxRel;
     }
 
