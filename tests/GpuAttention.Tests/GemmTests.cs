@@ -29,6 +29,7 @@ public class GemmTests(string backend)
         yield return new(3, 100, 7, 5, false, true, 2f, 0f, BBatched: false);
         yield return new(1, 150, 140, 3, false, false, 1f, 0.5f, Rank2: true);
         yield return new(2, 5, 6, 0, false, false, 1f, 0.5f);          // K = 0: c = beta c
+        yield return new(1, 301, 270, 300, false, true, 1f, 0.5f, Rank2: true);   // CPU: several rows per item, 3 depth blocks, a narrow last micro-panel with beta
     }
 
     [TestCaseSource(nameof(Cases))]
