@@ -338,6 +338,24 @@ public sealed partial class Device : IDisposable
     public bool IsDisposed => _disposed;
 
     /// <summary>
+    /// Returns the memory the managed CPU backend keeps for reuse to the OS (as <c>torch.cuda.empty_cache()</c> does for
+    /// PyTorch's cache): freed CPU tensors of 64 KB or more are kept, up to 1 GiB per device, and handed to the next
+    /// allocation of the same size, because memory fresh from the OS costs a page fault per page on first touch (a
+    /// layer that allocates its intermediates per call ran 2.5–3× slower without the cache). Live tensors are not
+    /// affected; <see cref="Diagnostics.NativeResources.CpuCachedBytes"/> tells what is kept. No effect on other backends.
+    /// </summary>
+    /// <exception cref="ObjectDisposedException">The device was disposed.</exception>
+    public void ReleaseCachedMemory()
+    {
+        lock (QueueLock)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            (_backend as Backends.Cpu.CpuBackend)?.Cache.Trim();
+            _cpuFallback?.Cache.Trim();
+        }
+    }
+
+    /// <summary>
     /// Releases the backend (queues, contexts, compiled kernels, scratch). Safe to call more than once and from several threads.
     /// Afterwards every method of the device, and every op on its tensors, throws <see cref="ObjectDisposedException"/>;
     /// its tensors may (and should) still be disposed.

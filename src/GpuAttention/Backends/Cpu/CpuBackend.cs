@@ -24,7 +24,10 @@ internal sealed unsafe partial class CpuBackend : IBackend
         return $"managed CPU ({Environment.ProcessorCount} threads, {simd})";
     }
 
-    public IDeviceBuffer Allocate(long elements) => new CpuBuffer(elements);
+    /// <summary>Freed buffers kept for reuse (see <see cref="CpuBufferCache"/>); freed with the backend.</summary>
+    internal CpuBufferCache Cache { get; } = new();
+
+    public IDeviceBuffer Allocate(long elements) => new CpuBuffer(elements, Cache);
 
     internal static CpuBuffer B(IDeviceBuffer b) => b as CpuBuffer ?? throw new ArgumentException("buffer belongs to another backend");
 
@@ -74,5 +77,5 @@ internal sealed unsafe partial class CpuBackend : IBackend
 
     public bool SupportsOp(OpKind op) => OpSupport.Implements(this, op);
 
-    public void Dispose() { }
+    public void Dispose() => Cache.Dispose();
 }

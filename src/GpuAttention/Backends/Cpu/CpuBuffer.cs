@@ -22,21 +22,25 @@ internal sealed unsafe class CpuBuffer : IDeviceBuffer
         _ptr = length == 0 && pin.Pointer == null ? (nint)1 : (nint)pin.Pointer;   // an empty buffer still reads as live
     }
 
-    public CpuBuffer(long length)
+    /// <summary>A buffer of <paramref name="length"/> floats (contents undefined), from <paramref name="cache"/> when it holds
+    /// a block of the size class, else fresh from the OS.</summary>
+    public CpuBuffer(long length, CpuBufferCache? cache = null)
     {
         Length = length;
-        nuint bytes = (nuint)Math.Max(1, length) * sizeof(float);
-        try { _ptr = (nint)NativeMemory.AlignedAlloc(bytes, 64); }
-        catch (OutOfMemoryException) { _ptr = 0; }
+        long bytes = CpuBufferCache.SizeClass(Math.Max(1, length) * sizeof(float));
+        _cache = cache;
+        _ptr = cache?.Take(bytes) ?? 0;
+        if (_ptr == 0) _ptr = CpuBufferCache.AllocateFromOs(bytes);
         if (_ptr == 0)
         {
             GC.SuppressFinalize(this);
             throw new OutOfMemoryException($"cpu: out of memory allocating {bytes} bytes ({length} float32 elements)");
         }
-        _bytes = (long)bytes;
+        _bytes = bytes;
         Diagnostics.NativeResources.CpuBufferCreated(_bytes);
-        if (length > 0) GC.AddMemoryPressure(_bytes);
     }
+
+    private readonly CpuBufferCache? _cache;
 
     public long Length { get; }
 
@@ -59,9 +63,8 @@ internal sealed unsafe class CpuBuffer : IDeviceBuffer
         if (p != 0 && _external) _pin.Dispose();
         else if (p != 0)
         {
-            NativeMemory.AlignedFree((void*)p);
+            if (_cache is null || !_cache.TryReturn(p, _bytes)) CpuBufferCache.FreeToOs(p, _bytes);
             Diagnostics.NativeResources.CpuBufferReleased(_bytes);
-            if (Length > 0) GC.RemoveMemoryPressure(_bytes);
         }
         GC.SuppressFinalize(this);
     }
