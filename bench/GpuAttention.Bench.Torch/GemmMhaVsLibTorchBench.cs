@@ -60,6 +60,9 @@ public class MhaVsLibTorch
     public sealed record MhaCase(int B, int L, int E, int H, bool Causal)
     {
         public override string ToString() => $"B{B} L{L} E{E} H{H}{(Causal ? " causal" : "")}";
+        /// <summary>Forward+backward FLOPs: four projections (2·B·L·E² each) forward, twice that backward; the SDPA's
+        /// 4·B·L²·E forward (causal: half), 3.5× that with its backward.</summary>
+        public double Flops => 3.0 * 4 * 2.0 * B * L * E * E + 3.5 * 4.0 * B * L * L * E * (Causal ? 0.5 : 1);
     }
 
     public static IEnumerable<MhaCase> Cases() => [new(2, 256, 256, 4, true), new(1, 1024, 512, 8, true)];

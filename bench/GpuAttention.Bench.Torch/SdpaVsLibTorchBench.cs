@@ -30,7 +30,7 @@ public sealed class LibTorchBaselineConfig : ManualConfig
         public string Id => "Rate"; public string ColumnName => "Rate";
         public bool AlwaysShow => true; public ColumnCategory Category => ColumnCategory.Custom; public int PriorityInCategory => 0;
         public bool IsNumeric => false; public UnitType UnitType => UnitType.Dimensionless;
-        public string Legend => "SDPA: GFLOP/s (forward 4·B·Hq·L·S·E, causal halved, backward 2.5× forward) or, for decode, GB/s of K/V read once; grid_sample: GB/s of compulsory traffic; glimpse: GFLOP/s of the two dense products";
+        public string Legend => "SDPA: GFLOP/s (forward 4·B·Hq·L·S·E, causal halved, backward 2.5× forward) or, for decode, GB/s of K/V read once; grid_sample: GB/s of compulsory traffic; glimpse: GFLOP/s of the two dense products; GEMM: 2·N³; MHA: projections 24·B·L·E² (forward + backward) plus the SDPA's";
         public bool IsAvailable(Summary summary) => true;
         public bool IsDefault(Summary summary, BenchmarkCase c) => false;
         public string GetValue(Summary summary, BenchmarkCase c) => GetValue(summary, c, SummaryStyle.Default);
@@ -44,6 +44,8 @@ public sealed class LibTorchBaselineConfig : ManualConfig
                 SdpaCase k => k.Decode ? $"{k.Bytes / ms / 1e6:F1} GB/s" : $"{k.Flops / ms / 1e6:F1} GFLOP/s",
                 GridCase g => $"{g.Bytes / ms / 1e6:F1} GB/s",
                 GlimpseCase g => $"{g.Flops / ms / 1e6:F1} GFLOP/s",
+                MhaVsLibTorch.MhaCase m => $"{m.Flops / ms / 1e6:F1} GFLOP/s",
+                _ when c.Parameters["N"] is int n => $"{2.0 * n * n * n / ms / 1e6:F1} GFLOP/s",
                 _ => "-",
             };
         }
