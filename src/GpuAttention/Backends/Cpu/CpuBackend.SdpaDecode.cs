@@ -152,7 +152,12 @@ internal sealed unsafe partial class CpuBackend
                 DecodeSoftmaxRow<TW, TV>(row, kn, ref m[r], ref l[r], acc + (long)r * evPad, evPad);
             }
             int nextKn = Math.Min(DecodeKB, jEnd - j0 - kn);
-            DecodePv<TW, TV>(sc, R, vBase + (long)j0 * Ev, Ev, kn, acc, evPad, kBase + (long)(j0 + kn) * E, nextKn > 0 ? (long)nextKn * E : 0);
+            float* nextK = kBase + (long)(j0 + kn) * E;
+            long nextLen = nextKn > 0 ? (long)nextKn * E : 0;
+            if (TW.Count >= 16 && Ev % TW.Count == 0 && R >= 4)
+                DecodePvRows4<TW, TV>(sc, R, vBase + (long)j0 * Ev, Ev, kn, acc, evPad, nextK, nextLen);
+            else
+                DecodePv<TW, TV>(sc, R, vBase + (long)j0 * Ev, Ev, kn, acc, evPad, nextK, nextLen);
         }
 
         for (int r = 0; r < R; r++)
@@ -314,6 +319,68 @@ internal sealed unsafe partial class CpuBackend
         l = l * corr + sum;
         var cv = TW.Splat(corr);
         for (int e = 0; e < evPad; e += TW.Count) TW.Store(TW.Mul(TW.Load(accRow + e), cv), accRow + e);
+    }
+
+    /// <summary>
+    /// <see cref="DecodePv"/> with the accumulators in registers (AVX-512: 4 rows × 4 vectors = 16 zmm, 4 broadcasts and 4
+    /// V loads per key): per 4 rows and 4 vectors of columns, one pass over the block's keys, each p broadcast once for 4
+    /// vectors instead of once per vector, and the accumulators loaded and stored once per block instead of once per 4 keys
+    /// (~45% fewer instructions per key). Rows past a multiple of 4 and a last chunk of fewer than 4 vectors take DecodePv's
+    /// loops. Needs Ev a multiple of the width and R ≥ 4.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void DecodePvRows4<TW, TV>(float* p, int R, float* v, int Ev, int kn, float* acc, int evPad, float* pf, long pfLen) where TW : struct, IVec<TV> where TV : unmanaged
+    {
+        int W = TW.Count;
+        long pfStep = kn > 0 ? (pfLen + kn - 1) / kn : 0, pfAt = 0;
+        int r0 = 0;
+        for (; r0 + 4 <= R; r0 += 4)
+        {
+            float* p0 = p + (long)r0 * DecodeKB, p1 = p0 + DecodeKB, p2 = p1 + DecodeKB, p3 = p2 + DecodeKB;
+            int e0 = 0;
+            for (; e0 + 4 * W <= Ev; e0 += 4 * W)
+            {
+                float* c0 = acc + (long)r0 * evPad + e0, c1 = c0 + evPad, c2 = c1 + evPad, c3 = c2 + evPad;
+                TV a00 = TW.Load(c0), a01 = TW.Load(c0 + W), a02 = TW.Load(c0 + 2 * W), a03 = TW.Load(c0 + 3 * W);
+                TV a10 = TW.Load(c1), a11 = TW.Load(c1 + W), a12 = TW.Load(c1 + 2 * W), a13 = TW.Load(c1 + 3 * W);
+                TV a20 = TW.Load(c2), a21 = TW.Load(c2 + W), a22 = TW.Load(c2 + 2 * W), a23 = TW.Load(c2 + 3 * W);
+                TV a30 = TW.Load(c3), a31 = TW.Load(c3 + W), a32 = TW.Load(c3 + 2 * W), a33 = TW.Load(c3 + 3 * W);
+                float* vj = v + e0;
+                bool first = r0 == 0 && e0 == 0;   // the first pass spreads the prefetch of the next K block over its keys
+                for (int j = 0; j < kn; j++, vj += Ev)
+                {
+                    if (first) Prefetch(pf, ref pfAt, pfStep, pfLen);
+                    TV x0 = TW.Load(vj), x1 = TW.Load(vj + W), x2 = TW.Load(vj + 2 * W), x3 = TW.Load(vj + 3 * W);
+                    var b = TW.Splat(p0[j]);
+                    a00 = TW.Fma(b, x0, a00); a01 = TW.Fma(b, x1, a01); a02 = TW.Fma(b, x2, a02); a03 = TW.Fma(b, x3, a03);
+                    b = TW.Splat(p1[j]);
+                    a10 = TW.Fma(b, x0, a10); a11 = TW.Fma(b, x1, a11); a12 = TW.Fma(b, x2, a12); a13 = TW.Fma(b, x3, a13);
+                    b = TW.Splat(p2[j]);
+                    a20 = TW.Fma(b, x0, a20); a21 = TW.Fma(b, x1, a21); a22 = TW.Fma(b, x2, a22); a23 = TW.Fma(b, x3, a23);
+                    b = TW.Splat(p3[j]);
+                    a30 = TW.Fma(b, x0, a30); a31 = TW.Fma(b, x1, a31); a32 = TW.Fma(b, x2, a32); a33 = TW.Fma(b, x3, a33);
+                }
+                TW.Store(a00, c0); TW.Store(a01, c0 + W); TW.Store(a02, c0 + 2 * W); TW.Store(a03, c0 + 3 * W);
+                TW.Store(a10, c1); TW.Store(a11, c1 + W); TW.Store(a12, c1 + 2 * W); TW.Store(a13, c1 + 3 * W);
+                TW.Store(a20, c2); TW.Store(a21, c2 + W); TW.Store(a22, c2 + 2 * W); TW.Store(a23, c2 + 3 * W);
+                TW.Store(a30, c3); TW.Store(a31, c3 + W); TW.Store(a32, c3 + 2 * W); TW.Store(a33, c3 + 3 * W);
+            }
+            for (; e0 < Ev; e0 += W)
+            {
+                float* c0 = acc + (long)r0 * evPad + e0, c1 = c0 + evPad, c2 = c1 + evPad, c3 = c2 + evPad;
+                TV a0 = TW.Load(c0), a1 = TW.Load(c1), a2 = TW.Load(c2), a3 = TW.Load(c3);
+                float* vj = v + e0;
+                for (int j = 0; j < kn; j++, vj += Ev)
+                {
+                    var x = TW.Load(vj);
+                    a0 = TW.Fma(TW.Splat(p0[j]), x, a0); a1 = TW.Fma(TW.Splat(p1[j]), x, a1);
+                    a2 = TW.Fma(TW.Splat(p2[j]), x, a2); a3 = TW.Fma(TW.Splat(p3[j]), x, a3);
+                }
+                TW.Store(a0, c0); TW.Store(a1, c1); TW.Store(a2, c2); TW.Store(a3, c3);
+            }
+        }
+        if (r0 < R) DecodePv<TW, TV>(p + (long)r0 * DecodeKB, R - r0, v, Ev, kn, acc + (long)r0 * evPad, evPad, null, 0);
+        if (pfAt < pfLen) Prefetch(pf, ref pfAt, pfLen - pfAt, pfLen);
     }
 
     /// <summary>acc[r] += Σ_j p[r·DecodeKB + j]·v[j] for r &lt; R, j &lt; kn: 4 keys per step, every V row loaded once for all
