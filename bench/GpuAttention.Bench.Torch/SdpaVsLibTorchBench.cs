@@ -23,6 +23,7 @@ public sealed class LibTorchBaselineConfig : ManualConfig
             .WithLaunchCount(1).WithInvocationCount(1).WithUnrollFactor(1));
         AddDiagnoser(MemoryDiagnoser.Default);
         AddColumn(new RateColumn());
+        WithSummaryStyle(SummaryStyle.Default.WithMaxParameterColumnWidth(64));   // whole workload names, not "GQA d(...)28 B1"
     }
 
     private sealed class RateColumn : IColumn
