@@ -9,8 +9,7 @@ namespace GpuAttention.Bench.Torch;
 /// C = A·B, square N×N (2·N³ FLOPs): ours (<see cref="Device.Gemm"/>, the tiled GEMM under the MHA projections) against
 /// LibTorch 2.10's <c>torch.matmul</c> (MKL sgemm, the baseline); the GEMM workload of bench/GpuAttention.Bench's GemmBench.
 /// </summary>
-[Config(typeof(LibTorchBaselineConfig))]
-public class GemmVsLibTorch
+public class GemmVsLibTorch : LibTorchPairBench
 {
     [Params(512, 1024)] public int N { get; set; }
 
@@ -22,28 +21,26 @@ public class GemmVsLibTorch
     [GlobalSetup]
     public void Setup()
     {
-        torch.set_num_threads(Environment.ProcessorCount);
         var rng = new Random(2);
         float[] R() { var x = new float[N * N]; for (int i = 0; i < x.Length; i++) x[i] = (float)(rng.NextDouble() * 2 - 1); return x; }
         float[] a = R(), b = R();
-        _d = Device.Open("cpu");
-        _a = _d.Upload(a, N, N); _b = _d.Upload(b, N, N); _c = _d.Allocate(N, N);
-        _ta = torch.tensor(a, new long[] { N, N }); _tb = torch.tensor(b, new long[] { N, N });
-        Compare.CheckSame($"gemm {N}", Ours, () => [_d.Download(_c)], LibTorch, () => [_tc!.contiguous().data<float>().ToArray()], 1e-4);
+        _d = OpenCpu();
+        _a = Own(_d.Upload(a, N, N)); _b = Own(_d.Upload(b, N, N)); _c = Own(_d.Allocate(N, N));
+        _ta = Own(torch.tensor(a, new long[] { N, N })); _tb = Own(torch.tensor(b, new long[] { N, N }));
+        Compare.CheckSame($"gemm {N}", RunOurs, () => [_d.Download(_c)], RunTorch, () => [_tc!.contiguous().data<float>().ToArray()], 1e-4);
+        Pair(RunOurs, RunTorch);
     }
 
-    [Benchmark(Baseline = true)]
-    public void LibTorch()
+    private void RunTorch()
     {
         using var _ = torch.no_grad();
         _tc?.Dispose();
         _tc = torch.matmul(_ta, _tb);
     }
 
-    [Benchmark] public void Ours() { _d.Gemm(_a, _b, _c); _d.Synchronize(); }
+    private void RunOurs() { _d.Gemm(_a, _b, _c); _d.Synchronize(); }
 
-    [GlobalCleanup]
-    public void Cleanup() { _a.Dispose(); _b.Dispose(); _c.Dispose(); _ta.Dispose(); _tb.Dispose(); _tc?.Dispose(); _d.Dispose(); }
+    public override void Cleanup() { _tc?.Dispose(); _tc = null; base.Cleanup(); }
 }
 
 /// <summary>
@@ -54,8 +51,7 @@ public class GemmVsLibTorch
 /// and grad_output; the output and every gradient checked equal in setup (ours: grad_query + grad_key + grad_value, since
 /// query = key = value).
 /// </summary>
-[Config(typeof(LibTorchBaselineConfig))]
-public class MhaVsLibTorch
+public class MhaVsLibTorch : LibTorchPairBench
 {
     public sealed record MhaCase(int B, int L, int E, int H, bool Causal)
     {
@@ -80,23 +76,22 @@ public class MhaVsLibTorch
     [GlobalSetup]
     public void Setup()
     {
-        torch.set_num_threads(Environment.ProcessorCount);
         var c = Case;
         var rng = new Random(3);
         float[] R(int n) { var a = new float[n]; for (int i = 0; i < n; i++) a[i] = (float)(rng.NextDouble() * 2 - 1); return a; }
         float[] x = R(c.B * c.L * c.E), g = R(c.B * c.L * c.E);
-        _d = Device.Open("cpu");
-        _m = new MultiHeadAttention(_d, c.E, c.H, seed: 7);
+        _d = OpenCpu();
+        _m = Own(new MultiHeadAttention(_d, c.E, c.H, seed: 7));
         // Nonzero biases, so that the bias gradients and the bias paths are compared too.
         foreach (var (name, t) in _m.Parameters)
             if (name.EndsWith("bias", StringComparison.Ordinal)) _d.Upload(t, R(c.E));
-        _x = _d.Upload(x, c.B, c.L, c.E); _g = _d.Upload(g, c.B, c.L, c.E);
-        _tx = torch.tensor(x, new long[] { c.B, c.L, c.E }).requires_grad_(true);
-        _tg = torch.tensor(g, new long[] { c.B, c.L, c.E });
-        _tw = _m.Parameters.Select(p => torch.tensor(_d.Download(p.Tensor), Enumerable.Range(0, p.Tensor.Rank).Select(i => (long)p.Tensor.Dim(i)).ToArray()).requires_grad_(true)).ToArray();
+        _x = Own(_d.Upload(x, c.B, c.L, c.E)); _g = Own(_d.Upload(g, c.B, c.L, c.E));
+        _tx = Own(torch.tensor(x, new long[] { c.B, c.L, c.E }).requires_grad_(true));
+        _tg = Own(torch.tensor(g, new long[] { c.B, c.L, c.E }));
+        _tw = _m.Parameters.Select(p => Own(torch.tensor(_d.Download(p.Tensor), Enumerable.Range(0, p.Tensor.Rank).Select(i => (long)p.Tensor.Dim(i)).ToArray()).requires_grad_(true))).ToArray();
 
         float[][]? ours = null;
-        void RunOurs()
+        void RunOursChecked()
         {
             using var f = _m.Forward(_x, _x, _x, null, c.Causal);
             using var gr = _m.Backward(f, _g);
@@ -105,18 +100,24 @@ public class MhaVsLibTorch
             for (int i = 0; i < dx.Length; i++) dx[i] += dk[i] + dv[i];
             ours = [_d.Download(f.Output), dx, .. gr.Parameters.Select(p => _d.Download(p.Gradient))];
         }
-        Compare.CheckSame(c.ToString(), RunOurs, () => ours!, LibTorch,
+        Compare.CheckSame(c.ToString(), RunOursChecked, () => ours!, RunTorch,
             () => [Data(_to!), .. _tgrads!.Select(Data)], 1e-3);
+        Pair(RunOurs, RunTorch);
     }
 
     private static float[] Data(TT t) => t.detach().contiguous().data<float>().ToArray();
 
-    [Benchmark(Baseline = true)]
-    public void LibTorch()
+    private void DisposeResults()
+    {
+        _to?.Dispose(); _to = null;
+        if (_tgrads != null) foreach (var t in _tgrads) t.Dispose();
+        _tgrads = null;
+    }
+
+    private void RunTorch()
     {
         var c = Case;
-        _to?.Dispose();
-        if (_tgrads != null) foreach (var t in _tgrads) t.Dispose();
+        DisposeResults();
         using var scope = torch.NewDisposeScope();
         int D = c.E / c.H;
         TT Heads(TT t) => t.reshape(c.B, c.L, c.H, D).transpose(1, 2);
@@ -130,20 +131,12 @@ public class MhaVsLibTorch
         _tgrads = grads.Select(t => t.MoveToOuterDisposeScope()).ToArray();
     }
 
-    [Benchmark]
-    public void Ours()
+    private void RunOurs()
     {
         using var f = _m.Forward(_x, _x, _x, null, Case.Causal);
         using var g = _m.Backward(f, _g);
         _d.Synchronize();
     }
 
-    [GlobalCleanup]
-    public void Cleanup()
-    {
-        _m.Dispose(); _x.Dispose(); _g.Dispose(); _d.Dispose();
-        foreach (var t in _tw.Append(_tx).Append(_tg)) t.Dispose();
-        _to?.Dispose();
-        if (_tgrads != null) foreach (var t in _tgrads) t.Dispose();
-    }
+    public override void Cleanup() { DisposeResults(); base.Cleanup(); }
 }

@@ -53,43 +53,38 @@ public sealed class LibTorchBaselineConfig : ManualConfig
     }
 }
 
-/// <summary>SDPA workloads of issue 15: ours against LibTorch 2.10's scaled_dot_product_attention (the baseline), same
-/// inputs, outputs checked equal in the compare mode (<see cref="Compare"/>); GQA K/V expanded for LibTorch in setup.</summary>
+/// <summary>
+/// What the LibTorch-baseline classes share: the two benchmarks (LibTorch as <c>Baseline</c>, ours) over the runs a derived
+/// class's setup installs with <see cref="Pair"/>, and the cleanup of what it created.
+/// </summary>
 [Config(typeof(LibTorchBaselineConfig))]
-public class SdpaVsLibTorch
+public abstract class LibTorchPairBench
 {
-    /// <summary>Every case of <see cref="Compare.Cases"/>, or those whose name contains $GPUATTENTION_BENCH_ONLY.</summary>
-    public static IEnumerable<SdpaCase> Cases()
-    {
-        string? only = Environment.GetEnvironmentVariable("GPUATTENTION_BENCH_ONLY");
-        return Compare.Cases.Where(c => string.IsNullOrEmpty(only) || c.Name.Contains(only, StringComparison.OrdinalIgnoreCase));
-    }
+    private readonly List<IDisposable> _owned = [];
+    private Action _ours = null!, _torch = null!;
 
-    [ParamsSource(nameof(Cases))] public SdpaCase Case { get; set; } = null!;
-
-    private Device _d = null!;
-    private OursSdpa _ours = null!;
-    private TorchSdpa _torch = null!;
-
-    [GlobalSetup]
-    public void Setup()
+    /// <summary>Opens the CPU device (and sets LibTorch's intra-op threads to the same count); disposed by the cleanup.</summary>
+    protected Device OpenCpu()
     {
         TorchSharp.torch.set_num_threads(Environment.ProcessorCount);
-        var c = Case;
-        var rng = new Random(12345);
-        float[] R(long n) { var a = new float[n]; for (long i = 0; i < n; i++) a[i] = (float)(rng.NextDouble() * 2 - 1); return a; }
-        float[] q = R((long)c.B * c.Hq * c.L * c.E), k = R((long)c.B * c.Hkv * c.S * c.E), v = R((long)c.B * c.Hkv * c.S * c.E), g = R((long)c.B * c.Hq * c.L * c.E);
-        _d = Device.Open("cpu");
-        _ours = new OursSdpa(_d, c, q, k, v, g);
-        _torch = new TorchSdpa(c, q, k, v, g);
-        _ours.Run(); _torch.Run();
+        return Own(Device.Open("cpu"));
     }
 
-    [Benchmark(Baseline = true)] public void LibTorch() => _torch.Run();
-    [Benchmark] public void Ours() => _ours.Run();
+    /// <summary>Keeps <paramref name="x"/> for the cleanup (disposed in reverse order) and returns it.</summary>
+    protected T Own<T>(T x) where T : IDisposable { _owned.Add(x); return x; }
+
+    /// <summary>Installs the two runs the benchmarks time.</summary>
+    protected void Pair(Action ours, Action torch) { _ours = ours; _torch = torch; }
+
+    [Benchmark(Baseline = true)] public void LibTorch() => _torch();
+    [Benchmark] public void Ours() => _ours();
 
     [GlobalCleanup]
-    public void Cleanup() { _ours.Dispose(); _torch.Dispose(); _d.Dispose(); }
+    public virtual void Cleanup()
+    {
+        for (int i = _owned.Count - 1; i >= 0; i--) _owned[i].Dispose();
+        _owned.Clear();
+    }
 }
 
 /// <summary>The workloads of <paramref name="all"/> whose name contains $GPUATTENTION_BENCH_ONLY (all when unset).</summary>
@@ -102,67 +97,71 @@ internal static class BenchOnly
     }
 }
 
+/// <summary>SDPA workloads of issue 15: ours against LibTorch 2.10's scaled_dot_product_attention (the baseline), same
+/// inputs, outputs checked equal in the compare mode (<see cref="Compare"/>); GQA K/V expanded for LibTorch in setup.</summary>
+public class SdpaVsLibTorch : LibTorchPairBench
+{
+    /// <summary>Every case of <see cref="Compare.Cases"/>, or those whose name contains $GPUATTENTION_BENCH_ONLY.</summary>
+    public static IEnumerable<SdpaCase> Cases() => BenchOnly.Filter(Compare.Cases, c => c.Name);
+
+    [ParamsSource(nameof(Cases))] public SdpaCase Case { get; set; } = null!;
+
+    [GlobalSetup]
+    public void Setup()
+    {
+        var c = Case;
+        var rng = new Random(12345);
+        float[] R(long n) { var a = new float[n]; for (long i = 0; i < n; i++) a[i] = (float)(rng.NextDouble() * 2 - 1); return a; }
+        float[] q = R((long)c.B * c.Hq * c.L * c.E), k = R((long)c.B * c.Hkv * c.S * c.E), v = R((long)c.B * c.Hkv * c.S * c.E), g = R((long)c.B * c.Hq * c.L * c.E);
+        var d = OpenCpu();
+        var ours = Own(new OursSdpa(d, c, q, k, v, g));
+        var torch = Own(new TorchSdpa(c, q, k, v, g));
+        ours.Run(); torch.Run();
+        Pair(ours.Run, torch.Run);
+    }
+}
+
 /// <summary>grid_sample workloads of issue 15 (bilinear, zeros, align_corners = false; forward and forward+backward):
 /// ours against LibTorch 2.10's grid_sample and autograd (the baseline), same inputs, outputs checked equal in setup.</summary>
-[Config(typeof(LibTorchBaselineConfig))]
-public class GridSampleVsLibTorch
+public class GridSampleVsLibTorch : LibTorchPairBench
 {
     public static IEnumerable<GridCase> Cases() => BenchOnly.Filter(Compare.GridCases, c => c.Name);
 
     [ParamsSource(nameof(Cases))] public GridCase Case { get; set; } = null!;
 
-    private Device _d = null!;
-    private OursGrid _ours = null!;
-    private TorchGrid _torch = null!;
-
     [GlobalSetup]
     public void Setup()
     {
-        TorchSharp.torch.set_num_threads(Environment.ProcessorCount);
         var (input, grid, g) = Compare.GridInputs(Case);
-        _d = Device.Open("cpu");
-        _ours = new OursGrid(_d, Case, input, grid, g);
-        _torch = new TorchGrid(Case, input, grid, g);
-        Compare.CheckSame(Case.Name, _ours.Run, _ours.Outputs, _torch.Run, _torch.Outputs, 1e-3);
+        var d = OpenCpu();
+        var ours = Own(new OursGrid(d, Case, input, grid, g));
+        var torch = Own(new TorchGrid(Case, input, grid, g));
+        Compare.CheckSame(Case.Name, ours.Run, ours.Outputs, torch.Run, torch.Outputs, 1e-3);
+        Pair(ours.Run, torch.Run);
     }
-
-    [Benchmark(Baseline = true)] public void LibTorch() => _torch.Run();
-    [Benchmark] public void Ours() => _ours.Run();
-
-    [GlobalCleanup]
-    public void Cleanup() { _ours.Dispose(); _torch.Dispose(); _d.Dispose(); }
 }
 
 /// <summary>Gaussian glimpse workloads of issue 15 (forward and forward+backward): ours against the contract's formula in
 /// LibTorch 2.10 ops and autograd (the baseline), same inputs and parameters, outputs checked equal in setup. LibTorch's
 /// denormals are flushed on every thread of its pool for the whole class (as in the compare mode's glimpse rows).</summary>
-[Config(typeof(LibTorchBaselineConfig))]
-public class GlimpseVsLibTorch
+public class GlimpseVsLibTorch : LibTorchPairBench
 {
     public static IEnumerable<GlimpseCase> Cases() => BenchOnly.Filter(Compare.GlimpseCases, c => c.Name);
 
     [ParamsSource(nameof(Cases))] public GlimpseCase Case { get; set; } = null!;
 
-    private Device _d = null!;
-    private OursGlimpse _ours = null!;
-    private TorchGlimpse _torch = null!;
-
     [GlobalSetup]
     public void Setup()
     {
-        TorchSharp.torch.set_num_threads(Environment.ProcessorCount);
         var (image, p, g) = Compare.GlimpseInputs(Case);
-        _d = Device.Open("cpu");
-        _ours = new OursGlimpse(_d, Case, image, p, g);
-        _torch = new TorchGlimpse(Case, image, p, g) { FlushDenormals = true };
+        var d = OpenCpu();
+        var ours = Own(new OursGlimpse(d, Case, image, p, g));
+        var torch = Own(new TorchGlimpse(Case, image, p, g) { FlushDenormals = true });
         LibTorchDenormals.SetAllLibTorchThreads(true);
         LibTorchDenormals.SetThisThread(false);
-        Compare.CheckSame(Case.Name, _ours.Run, _ours.Outputs, _torch.Run, _torch.Outputs, 1e-4);
+        Compare.CheckSame(Case.Name, ours.Run, ours.Outputs, torch.Run, torch.Outputs, 1e-4);
+        Pair(ours.Run, torch.Run);
     }
 
-    [Benchmark(Baseline = true)] public void LibTorch() => _torch.Run();
-    [Benchmark] public void Ours() => _ours.Run();
-
-    [GlobalCleanup]
-    public void Cleanup() { LibTorchDenormals.SetAllLibTorchThreads(false); _ours.Dispose(); _torch.Dispose(); _d.Dispose(); }
+    public override void Cleanup() { LibTorchDenormals.SetAllLibTorchThreads(false); base.Cleanup(); }
 }

@@ -4,18 +4,9 @@
 # then the demo on ilgpu:cuda (its table has per-op times). Needs publish/linux-x64 (see run-on-gpu.sh's header).
 #   OUT=DIR bash bench/gpu/quick-gpu.sh
 set -u
-cd "$(dirname "$0")/../.."
-OUT=${OUT:-$PWD/out/gpu-quick}; mkdir -p "$OUT"
-B=$PWD/publish/linux-x64/gpuattention
-export GPUATTENTION_CACHE_DIR=/tmp/gpuattention-cache
+. "$(dirname "$0")/common.sh" out/gpu-quick
 S="$OUT/summary.txt"; : >"$S"
 note() { echo "$*" | tee -a "$S"; }
-if [ -z "${GPUATTENTION_NVRTC:-}" ] && ! ldconfig -p 2>/dev/null | grep -q 'libnvrtc\.so'; then
-  for cand in /usr/local/cuda/lib64/libnvrtc.so* \
-      $(python3 -c 'import nvidia.cuda_nvrtc, os; print(os.path.dirname(nvidia.cuda_nvrtc.__file__) + "/lib")' 2>/dev/null)/libnvrtc.so*; do
-    [ -f "$cand" ] && { export GPUATTENTION_NVRTC="$cand"; break; }
-  done
-fi
 note "date: $(date -u '+%Y-%m-%d %H:%M UTC'); commit: $(git rev-parse --short HEAD 2>/dev/null || echo '?'); nvrtc: ${GPUATTENTION_NVRTC:-(system loader)}"
 nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1; note "gpu: $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null)"
 nproc >>"$OUT/nvidia-smi.txt"

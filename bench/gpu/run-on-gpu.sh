@@ -41,13 +41,8 @@ if [ "${CLI[0]}" = "$BIN" ] && [ ! -x "$BIN" ]; then
 fi
 export GPUATTENTION_CACHE_DIR=${GPUATTENTION_CACHE_DIR:-/tmp/gpuattention-cache}
 
-# --- NVRTC: keep the system's if the loader finds one, else look beside CUDA and PyTorch ---
-if [ -z "${GPUATTENTION_NVRTC:-}" ] && ! ldconfig -p 2>/dev/null | grep -q 'libnvrtc\.so'; then
-  for cand in /usr/local/cuda/lib64/libnvrtc.so* \
-              $(python3 -c 'import nvidia.cuda_nvrtc, os; print(os.path.dirname(nvidia.cuda_nvrtc.__file__) + "/lib")' 2>/dev/null)/libnvrtc.so*; do
-    if [ -f "$cand" ]; then export GPUATTENTION_NVRTC="$cand"; break; fi
-  done
-fi
+# --- NVRTC, from common.sh (its other settings leave this script's OUT, CLI and cache dir as set above) ---
+. bench/gpu/common.sh
 note "nvrtc: ${GPUATTENTION_NVRTC:-(system loader)}"
 
 nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1 || true

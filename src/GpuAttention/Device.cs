@@ -341,7 +341,7 @@ public sealed partial class Device : IDisposable
     /// Returns the memory the managed CPU backend keeps for reuse to the OS (as <c>torch.cuda.empty_cache()</c> does for
     /// PyTorch's cache): freed CPU tensors of 64 KB or more are kept, up to 1 GiB per device, and handed to the next
     /// allocation of the same size, because memory fresh from the OS costs a page fault per page on first touch (a
-    /// layer that allocates its intermediates per call ran 2.5–3× slower without the cache). Live tensors are not
+    /// layer that allocates its intermediates per call ran 2–3× slower without the cache). Live tensors are not
     /// affected; <see cref="Diagnostics.NativeResources.CpuCachedBytes"/> tells what is kept. No effect on other backends.
     /// </summary>
     /// <exception cref="ObjectDisposedException">The device was disposed.</exception>

@@ -12,8 +12,7 @@ namespace GpuAttention.Backends.Cpu;
 /// K and V row is read from memory once per call (not once per query head), streamed in place in its natural [S][E]
 /// layout (no packed copy per call); the
 /// online softmax runs per row, and O += P·V reads each V row once for all rows. The two streams are prefetched one phase
-/// ahead (the scores of a block prefetch its V rows, its P·V the next block's K rows): +45–60% GB/s measured on the 2-core
-/// AVX-512 VM (see <see cref="Prefetch"/>). When B·Hkv items are too few for the threads, the keys are split into chunks
+/// ahead (the scores of a block prefetch its V rows, its P·V the next block's K rows; measurements at <see cref="Prefetch"/>). When B·Hkv items are too few for the threads, the keys are split into chunks
 /// (flash-decoding) whose partial (m, l, acc) are merged by <see cref="CombineAllSplits"/> in a fixed order, so the
 /// result does not depend on thread timing. Memory: per thread O(rows·(E + DecodeKB + Ev)); partials O(B·Hq·L·Ev·splits).
 /// </summary>
