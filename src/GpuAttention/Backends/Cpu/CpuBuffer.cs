@@ -11,6 +11,7 @@ internal sealed unsafe class CpuBuffer : IDeviceBuffer
     private readonly long _bytes;
     private MemoryHandle _pin;
     private readonly bool _external;
+    private readonly CpuBufferCache? _cache;   // where Dispose returns the memory (null: freed to the OS)
 
     /// <summary>A buffer over caller memory: <paramref name="pin"/> keeps it in place until <see cref="Dispose"/>, which unpins
     /// it and frees nothing.</summary>
@@ -39,8 +40,6 @@ internal sealed unsafe class CpuBuffer : IDeviceBuffer
         _bytes = bytes;
         Diagnostics.NativeResources.CpuBufferCreated(_bytes);
     }
-
-    private readonly CpuBufferCache? _cache;
 
     public long Length { get; }
 
