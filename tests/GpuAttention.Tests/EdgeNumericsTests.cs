@@ -166,6 +166,23 @@ public class EdgeNumericsTests(string backend)
         }
     }
 
+    /// <summary>Decode shapes (one query row per head, GQA groups of 4 and 2, E a multiple of every vector width): a NaN in
+    /// one key and an infinity in another reach exactly the outputs and gradients the reference gives, through the decode
+    /// kernels' 4-key score steps (whose key-norm guard sees the NaN and the infinity) and through their single-key tails.</summary>
+    [TestCase(8, 2, 77)]
+    [TestCase(4, 2, 30)]
+    public void SdpaDecodeNaNAndInfinityInKeys(int Hq, int Hkv, int S)
+    {
+        if (S > 32) TestUtil.SkipHeavyOnSimulator(backend, "the S = 30 case");
+        var c = new SdpaCase(1, Hq, Hkv, 1, S, 32, 16, 0.3f);
+        var (q, k, v, g) = SdpaInputs(c, 16);
+        k[(0 * S + 5) * 32 + 3] = float.NaN;                  // kv head 0, key 5: its whole query group is NaN
+        k[(1 * S + S - 2) * 32 + 0] = float.PositiveInfinity;  // kv head 1, a key in the tail past the last 4-key step
+        q[(Hq / 2) * 32 + 0] = 1f;                           // the first query of head 1's group sees +∞ (NaN through ∞ − ∞)
+        var (dq, _, _) = SdpaBackwardVsReference(c, q, k, v, g, null);
+        Assert.That(CountNonFinite(dq), Is.GreaterThan(0), "the non-finite keys reach grad_q");
+    }
+
     [Test]
     public void SdpaHugeInputsDoNotOverflow()
     {
