@@ -190,8 +190,12 @@ internal sealed unsafe partial class CpuBackend
                     }
                     int keep = s.Causal ? Math.Min(kn, i0 + r + 1 - j0) : kn;
                     for (int j = Math.Max(keep, 0); j < k16; j++) row[j] = float.NegativeInfinity;
-                    SoftmaxRow(row, k16, ref m[r], lv + 16 * r, acc + r * EvPad, EvPad, mxt == null ? null : mxt + 16 * r);
                 }
+                int r4 = 0;
+                for (; r4 + 4 <= qn; r4 += 4)
+                    SoftmaxRows4(sc + r4 * FKB, k16, m + r4, lv + 16 * r4, acc + r4 * EvPad, EvPad, mxt == null ? null : mxt + 16 * r4);
+                for (int r = r4; r < qn; r++)
+                    SoftmaxRow(sc + r * FKB, k16, ref m[r], lv + 16 * r, acc + r * EvPad, EvPad, mxt == null ? null : mxt + 16 * r);
                 for (int r = qn; r < qr; r++) new Span<float>(sc + r * FKB, k16).Clear();
                 float* vb = vBase + (long)(j0 - jBegin) * vStride;
                 for (int r = 0; r < qr; r += 4)
@@ -267,26 +271,40 @@ internal sealed unsafe partial class CpuBackend
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Transpose16x16(float* s, int lds, float* d, int ldd)
     {
-        // U[g·4 + i]: lane k = rows 4g..4g+3 at column 4k + i.
-        var u = stackalloc Vector512<float>[16];
-        for (int g = 0; g < 4; g++)
-        {
-            float* r = s + (long)(4 * g) * lds;
-            var r0 = Vector512.Load(r); var r1 = Vector512.Load(r + lds); var r2 = Vector512.Load(r + 2L * lds); var r3 = Vector512.Load(r + 3L * lds);
-            var t0 = Avx512F.UnpackLow(r0, r1).AsDouble(); var t1 = Avx512F.UnpackHigh(r0, r1).AsDouble();
-            var t2 = Avx512F.UnpackLow(r2, r3).AsDouble(); var t3 = Avx512F.UnpackHigh(r2, r3).AsDouble();
-            u[4 * g] = Avx512F.UnpackLow(t0, t2).AsSingle(); u[4 * g + 1] = Avx512F.UnpackHigh(t0, t2).AsSingle();
-            u[4 * g + 2] = Avx512F.UnpackLow(t1, t3).AsSingle(); u[4 * g + 3] = Avx512F.UnpackHigh(t1, t3).AsSingle();
-        }
-        for (int i = 0; i < 4; i++)
-        {
-            var a = Avx512F.Shuffle4x128(u[i], u[4 + i], 0x88); var b = Avx512F.Shuffle4x128(u[i], u[4 + i], 0xDD);
-            var c = Avx512F.Shuffle4x128(u[8 + i], u[12 + i], 0x88); var e = Avx512F.Shuffle4x128(u[8 + i], u[12 + i], 0xDD);
-            Avx512F.Shuffle4x128(a, c, 0x88).Store(d + (long)i * ldd);          // column i       (lanes k = 0)
-            Avx512F.Shuffle4x128(b, e, 0x88).Store(d + (long)(4 + i) * ldd);    // column 4 + i   (k = 1)
-            Avx512F.Shuffle4x128(a, c, 0xDD).Store(d + (long)(8 + i) * ldd);    // column 8 + i   (k = 2)
-            Avx512F.Shuffle4x128(b, e, 0xDD).Store(d + (long)(12 + i) * ldd);   // column 12 + i  (k = 3)
-        }
+        // U[g·4 + i]: lane k = rows 4g..4g+3 at column 4k + i. Sixteen locals, not a stackalloc'd array: the array cost a
+        // 1 KB zeroing call and a store and load of every U per call.
+        Unpack4(s, lds, out var u0, out var u1, out var u2, out var u3);
+        Unpack4(s + 4L * lds, lds, out var u4, out var u5, out var u6, out var u7);
+        Unpack4(s + 8L * lds, lds, out var u8, out var u9, out var u10, out var u11);
+        Unpack4(s + 12L * lds, lds, out var u12, out var u13, out var u14, out var u15);
+        Gather4(u0, u4, u8, u12, d, ldd);
+        Gather4(u1, u5, u9, u13, d + ldd, ldd);
+        Gather4(u2, u6, u10, u14, d + 2L * ldd, ldd);
+        Gather4(u3, u7, u11, u15, d + 3L * ldd, ldd);
+    }
+
+    /// <summary>Rows r0..r3 (lds apart) into four vectors whose 128-bit lane k holds the 4 rows at column 4k + i (i = 0..3).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Unpack4(float* r, int lds, out Vector512<float> c0, out Vector512<float> c1, out Vector512<float> c2, out Vector512<float> c3)
+    {
+        var r0 = Vector512.Load(r); var r1 = Vector512.Load(r + lds); var r2 = Vector512.Load(r + 2L * lds); var r3 = Vector512.Load(r + 3L * lds);
+        var t0 = Avx512F.UnpackLow(r0, r1).AsDouble(); var t1 = Avx512F.UnpackHigh(r0, r1).AsDouble();
+        var t2 = Avx512F.UnpackLow(r2, r3).AsDouble(); var t3 = Avx512F.UnpackHigh(r2, r3).AsDouble();
+        c0 = Avx512F.UnpackLow(t0, t2).AsSingle(); c1 = Avx512F.UnpackHigh(t0, t2).AsSingle();
+        c2 = Avx512F.UnpackLow(t1, t3).AsSingle(); c3 = Avx512F.UnpackHigh(t1, t3).AsSingle();
+    }
+
+    /// <summary>Columns i, 4 + i, 8 + i, 12 + i (stored at d, d + 4·ldd, d + 8·ldd, d + 12·ldd) from the U vectors of column
+    /// phase i of the four row groups.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Gather4(Vector512<float> g0, Vector512<float> g1, Vector512<float> g2, Vector512<float> g3, float* d, int ldd)
+    {
+        var a = Avx512F.Shuffle4x128(g0, g1, 0x88); var b = Avx512F.Shuffle4x128(g0, g1, 0xDD);
+        var c = Avx512F.Shuffle4x128(g2, g3, 0x88); var e = Avx512F.Shuffle4x128(g2, g3, 0xDD);
+        Avx512F.Shuffle4x128(a, c, 0x88).Store(d);                  // column i       (lanes k = 0)
+        Avx512F.Shuffle4x128(b, e, 0x88).Store(d + 4L * ldd);       // column 4 + i   (k = 1)
+        Avx512F.Shuffle4x128(a, c, 0xDD).Store(d + 8L * ldd);       // column 8 + i   (k = 2)
+        Avx512F.Shuffle4x128(b, e, 0xDD).Store(d + 12L * ldd);      // column 12 + i  (k = 3)
     }
 
     /// <summary>
@@ -336,6 +354,81 @@ internal sealed unsafe partial class CpuBackend
             return;
         }
         // e^(m_old − m) by the same 2^((x)·log2 e) as the scores (no call into the C runtime's expf per row and block).
+        var cv = float.IsNegativeInfinity(mOld) ? Vector512<float>.Zero : Exp2(Vector512.Create((mOld - mNew) * Log2Ef));
+        Avx512F.FusedMultiplyAdd(Vector512.Load(lRow), cv, sum).Store(lRow);
+        for (int e = 0; e < EvPad; e += 16) (Vector512.Load(accRow + e) * cv).Store(accRow + e);
+    }
+
+    /// <summary>
+    /// <see cref="SoftmaxRow"/> for 4 consecutive rows (row stride <see cref="FKB"/>, running sums 16 lanes apart, acc rows
+    /// <paramref name="EvPad"/> apart, block maxima 16 lanes apart when given): one call instead of four, the 4 row maxima
+    /// from one transpose-and-max tree, and the exps of the 4 rows interleaved (4 independent dependency chains per step).
+    /// When a row is all −∞ so far (fully masked), the 4 rows go through <see cref="SoftmaxRow"/> one by one. Measured
+    /// in-process A/B on the 2-core AVX-512 VM (B1 H8 L=S=1024 E64 forward): 6.82–6.89 ms against 7.07–7.09 ms per row.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
+    private static void SoftmaxRows4(float* row, int n, float* m, float* lRow, float* accRow, int EvPad, float* rowMax)
+    {
+        Vector512<float> x0, x1, x2, x3;
+        if (rowMax != null)
+        {
+            x0 = Vector512.Load(rowMax); x1 = Vector512.Load(rowMax + 16); x2 = Vector512.Load(rowMax + 32); x3 = Vector512.Load(rowMax + 48);
+        }
+        else
+        {
+            x0 = x1 = x2 = x3 = Vector512.Create(float.NegativeInfinity);
+            for (int j = 0; j < n; j += 16)   // a NaN lane keeps the running max (vmaxps returns its second operand)
+            {
+                x0 = Avx512F.Max(Vector512.Load(row + j), x0); x1 = Avx512F.Max(Vector512.Load(row + FKB + j), x1);
+                x2 = Avx512F.Max(Vector512.Load(row + 2 * FKB + j), x2); x3 = Avx512F.Max(Vector512.Load(row + 3 * FKB + j), x3);
+            }
+        }
+        // Halves, then 128-bit quarters of two rows at a time: 128-bit lane t holds row t's 4 partial maxima; then within lanes.
+        var h0 = Avx512F.Max(Avx512F.Shuffle4x128(x0, x1, 0x44), Avx512F.Shuffle4x128(x0, x1, 0xEE));
+        var h1 = Avx512F.Max(Avx512F.Shuffle4x128(x2, x3, 0x44), Avx512F.Shuffle4x128(x2, x3, 0xEE));
+        var q = Avx512F.Max(Avx512F.Shuffle4x128(h0, h1, 0x88), Avx512F.Shuffle4x128(h0, h1, 0xDD));
+        q = Avx512F.Max(q, Avx512F.Permute4x32(q, 0x4E));
+        q = Avx512F.Max(q, Avx512F.Permute4x32(q, 0xB1));
+        // Math.Max propagates a NaN m: that row's exps, l and acc become NaN, as in SoftmaxRow.
+        float mNew0 = Math.Max(m[0], q.GetElement(0)), mNew1 = Math.Max(m[1], q.GetElement(4));
+        float mNew2 = Math.Max(m[2], q.GetElement(8)), mNew3 = Math.Max(m[3], q.GetElement(12));
+        if (float.IsNegativeInfinity(mNew0) || float.IsNegativeInfinity(mNew1) || float.IsNegativeInfinity(mNew2) || float.IsNegativeInfinity(mNew3))
+        {
+            for (int t = 0; t < 4; t++)
+                SoftmaxRow(row + t * FKB, n, ref m[t], lRow + 16 * t, accRow + t * EvPad, EvPad, rowMax == null ? null : rowMax + 16 * t);
+            return;
+        }
+        var l2e = Vector512.Create(Log2Ef);
+        Vector512<float> mv0 = Vector512.Create(mNew0), mv1 = Vector512.Create(mNew1), mv2 = Vector512.Create(mNew2), mv3 = Vector512.Create(mNew3);
+        Vector512<float> s0 = default, s1 = default, s2 = default, s3 = default;
+        for (int j = 0; j < n; j += 16)
+        {
+            float* p = row + j;
+            var e0 = Exp2((Vector512.Load(p) - mv0) * l2e);
+            var e1 = Exp2((Vector512.Load(p + FKB) - mv1) * l2e);
+            var e2 = Exp2((Vector512.Load(p + 2 * FKB) - mv2) * l2e);
+            var e3 = Exp2((Vector512.Load(p + 3 * FKB) - mv3) * l2e);
+            e0.Store(p); e1.Store(p + FKB); e2.Store(p + 2 * FKB); e3.Store(p + 3 * FKB);
+            s0 += e0; s1 += e1; s2 += e2; s3 += e3;
+        }
+        Rescale(m, 0, mNew0, lRow, s0, accRow, EvPad);
+        Rescale(m, 1, mNew1, lRow + 16, s1, accRow + EvPad, EvPad);
+        Rescale(m, 2, mNew2, lRow + 32, s2, accRow + 2 * EvPad, EvPad);
+        Rescale(m, 3, mNew3, lRow + 48, s3, accRow + 3 * EvPad, EvPad);
+    }
+
+    /// <summary>The end of an online-softmax step for row t: m ← mNew, l ← l·e^(m_old−m) + sum (16 lanes), acc ← acc·e^(m_old−m)
+    /// (as in <see cref="SoftmaxRow"/>; a NaN m makes l and acc NaN).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Rescale(float* m, int t, float mNew, float* lRow, Vector512<float> sum, float* accRow, int EvPad)
+    {
+        float mOld = m[t];
+        m[t] = mNew;
+        if (mNew == mOld)
+        {
+            (Vector512.Load(lRow) + sum).Store(lRow);
+            return;
+        }
         var cv = float.IsNegativeInfinity(mOld) ? Vector512<float>.Zero : Exp2(Vector512.Create((mOld - mNew) * Log2Ef));
         Avx512F.FusedMultiplyAdd(Vector512.Load(lRow), cv, sum).Store(lRow);
         for (int e = 0; e < EvPad; e += 16) (Vector512.Load(accRow + e) * cv).Store(accRow + e);
