@@ -179,7 +179,9 @@ internal sealed unsafe partial class CpuBackend
                         ScoreTile4x64(qp + r * E, E, ktb + cc, sc + r * FKB + cc, mxt == null ? null : mxt + 16 * r);
 
                 int k16 = (kn + 15) & ~15;
-                for (int r = 0; r < qn; r++)
+                // Mask added, causal edge and the key tail set to −∞ (nothing to do for a full block without either).
+                bool edits = c.Mask != null || kn < k16 || (s.Causal && j0 + kn - 1 > i0);
+                for (int r = 0; edits && r < qn; r++)
                 {
                     float* row = sc + r * FKB;
                     if (c.Mask != null)
