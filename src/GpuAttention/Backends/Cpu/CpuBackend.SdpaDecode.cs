@@ -488,7 +488,7 @@ internal sealed unsafe partial class CpuBackend
     /// over a loop, it brings the next stream of K or V rows in while the current one is computed on (x86; a no-op
     /// elsewhere). Measured on the 2-core VM, in-process A/B (GB/s of K/V read once, B1 Hq32 Hkv8 E128): from DRAM
     /// (S = 16384) 44.8–50.2 with it, 29.2–34.2 without, 34.7 with every other line only; from cache (S = 1024) it costs
-    /// 12–15% (80.7–81.5 against 92.9–94.8), which the DRAM case repays many times. Earlier, with slower scores: none 20–24,
+    /// 13–14% (80.7–81.5 against 92.9–94.8), which the DRAM case repays many times. Earlier, with slower scores: none 20–24,
     /// prefetcht1 30–34, prefetcht0 34–37, prefetchnta 31–34, prefetcht2 31–35.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void Prefetch(float* p, ref long at, long step, long len)
