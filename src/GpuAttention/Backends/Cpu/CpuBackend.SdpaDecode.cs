@@ -200,8 +200,7 @@ internal sealed unsafe partial class CpuBackend
         long pfStep = kn > 0 ? (pfLen + kn - 1) / kn : 0, pfAt = 0;
         int j = 0;
         // 4 keys per step where the registers allow it (AVX-512: 16 accumulators + 4 K vectors): each q load serves 4 keys
-        // and a row's 4 scores come out of one reduction tree (Sum4) as one 4-float store, instead of one horizontal sum per
-        // (row, key): ~40% fewer instructions per key; decode was compute-bound (~35 GB/s with K/V in cache).
+        // and 4 rows × 4 keys of scores come out of one reduction tree (Dot4x4), instead of one horizontal sum per (row, key).
         if (TW.Count >= 16 && eVec == E)
         {
             // ‖k‖² of 4 keys per step as one 4-lane vector: the running max drops NaN lanes, the running sum keeps them (norms
@@ -212,32 +211,10 @@ internal sealed unsafe partial class CpuBackend
                 Prefetch(pf, ref pfAt, 4 * pfStep, pfLen);
                 float* k0 = k + (long)j * E, k1 = k0 + E, k2 = k1 + E, k3 = k2 + E;
                 Vector128<float> nn;
+                // The first 4 rows take the key norms along (20 accumulators + 4 K vectors + 1 q vector of 32 registers), so K is
+                // read once per step instead of once for the norms and once for the scores.
                 int r = 0;
-                if (R >= 4)
-                {
-                    // The first 4 rows take the key norms along (20 accumulators + 4 K vectors + 1 q vector of 32 registers),
-                    // so K is read once per step instead of once for the norms and once for the scores.
-                    float* q0 = qs, q1 = q0 + E, q2 = q1 + E, q3 = q2 + E;
-                    TV n0 = TW.Zero, n1 = TW.Zero, n2 = TW.Zero, n3 = TW.Zero;
-                    TV a00 = TW.Zero, a01 = TW.Zero, a02 = TW.Zero, a03 = TW.Zero, a10 = TW.Zero, a11 = TW.Zero, a12 = TW.Zero, a13 = TW.Zero;
-                    TV a20 = TW.Zero, a21 = TW.Zero, a22 = TW.Zero, a23 = TW.Zero, a30 = TW.Zero, a31 = TW.Zero, a32 = TW.Zero, a33 = TW.Zero;
-                    for (int e = 0; e < E; e += W)
-                    {
-                        var x0 = TW.Load(k0 + e); var x1 = TW.Load(k1 + e); var x2 = TW.Load(k2 + e); var x3 = TW.Load(k3 + e);
-                        n0 = TW.Fma(x0, x0, n0); n1 = TW.Fma(x1, x1, n1); n2 = TW.Fma(x2, x2, n2); n3 = TW.Fma(x3, x3, n3);
-                        var y = TW.Load(q0 + e);
-                        a00 = TW.Fma(y, x0, a00); a01 = TW.Fma(y, x1, a01); a02 = TW.Fma(y, x2, a02); a03 = TW.Fma(y, x3, a03);
-                        y = TW.Load(q1 + e);
-                        a10 = TW.Fma(y, x0, a10); a11 = TW.Fma(y, x1, a11); a12 = TW.Fma(y, x2, a12); a13 = TW.Fma(y, x3, a13);
-                        y = TW.Load(q2 + e);
-                        a20 = TW.Fma(y, x0, a20); a21 = TW.Fma(y, x1, a21); a22 = TW.Fma(y, x2, a22); a23 = TW.Fma(y, x3, a23);
-                        y = TW.Load(q3 + e);
-                        a30 = TW.Fma(y, x0, a30); a31 = TW.Fma(y, x1, a31); a32 = TW.Fma(y, x2, a32); a33 = TW.Fma(y, x3, a33);
-                    }
-                    TW.StoreSums4x4(a00, a01, a02, a03, a10, a11, a12, a13, a20, a21, a22, a23, a30, a31, a32, a33, sc + j, DecodeKB);
-                    nn = TW.Sum4(n0, n1, n2, n3);
-                    r = 4;
-                }
+                if (R >= 4) { nn = Dot4x4<TW, TV, WithNorms>(qs, E, k0, sc + j); r = 4; }
                 else
                 {
                     TV n0 = TW.Zero, n1 = TW.Zero, n2 = TW.Zero, n3 = TW.Zero;
@@ -250,25 +227,7 @@ internal sealed unsafe partial class CpuBackend
                 }
                 kMax4 = Vector128.ConditionalSelect(Vector128.GreaterThan(nn, kMax4), nn, kMax4);
                 kSum4 += nn;
-                for (; r + 4 <= R; r += 4)
-                {
-                    float* q0 = qs + (long)r * E, q1 = q0 + E, q2 = q1 + E, q3 = q2 + E;
-                    TV a00 = TW.Zero, a01 = TW.Zero, a02 = TW.Zero, a03 = TW.Zero, a10 = TW.Zero, a11 = TW.Zero, a12 = TW.Zero, a13 = TW.Zero;
-                    TV a20 = TW.Zero, a21 = TW.Zero, a22 = TW.Zero, a23 = TW.Zero, a30 = TW.Zero, a31 = TW.Zero, a32 = TW.Zero, a33 = TW.Zero;
-                    for (int e = 0; e < E; e += W)
-                    {
-                        var x0 = TW.Load(k0 + e); var x1 = TW.Load(k1 + e); var x2 = TW.Load(k2 + e); var x3 = TW.Load(k3 + e);
-                        var y = TW.Load(q0 + e);
-                        a00 = TW.Fma(y, x0, a00); a01 = TW.Fma(y, x1, a01); a02 = TW.Fma(y, x2, a02); a03 = TW.Fma(y, x3, a03);
-                        y = TW.Load(q1 + e);
-                        a10 = TW.Fma(y, x0, a10); a11 = TW.Fma(y, x1, a11); a12 = TW.Fma(y, x2, a12); a13 = TW.Fma(y, x3, a13);
-                        y = TW.Load(q2 + e);
-                        a20 = TW.Fma(y, x0, a20); a21 = TW.Fma(y, x1, a21); a22 = TW.Fma(y, x2, a22); a23 = TW.Fma(y, x3, a23);
-                        y = TW.Load(q3 + e);
-                        a30 = TW.Fma(y, x0, a30); a31 = TW.Fma(y, x1, a31); a32 = TW.Fma(y, x2, a32); a33 = TW.Fma(y, x3, a33);
-                    }
-                    TW.StoreSums4x4(a00, a01, a02, a03, a10, a11, a12, a13, a20, a21, a22, a23, a30, a31, a32, a33, sc + (long)r * DecodeKB + j, DecodeKB);
-                }
+                for (; r + 4 <= R; r += 4) Dot4x4<TW, TV, NoNorms>(qs + (long)r * E, E, k0, sc + (long)r * DecodeKB + j);
                 for (; r < R; r++)
                 {
                     float* q0 = qs + (long)r * E;
@@ -329,6 +288,42 @@ internal sealed unsafe partial class CpuBackend
         }
         return kMax2;
     }
+
+    /// <summary>dst[i·DecodeKB + t] = Σ_e q[i·E + e]·k[t·E + e] for 4 query rows i and 4 keys t (E a multiple of the width):
+    /// 16 accumulators, each K vector loaded once for the 4 rows, the 16 sums through one reduction tree. With
+    /// <typeparamref name="TN"/> = <see cref="WithNorms"/> it also returns [‖k_0‖², …, ‖k_3‖²], accumulated in the same pass
+    /// (each flag is its own compiled instantiation, so the loop has no branch); with <see cref="NoNorms"/>, zero.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static Vector128<float> Dot4x4<TW, TV, TN>(float* q, int E, float* k, float* dst) where TW : struct, IVec<TV> where TV : unmanaged where TN : struct, IFlag
+    {
+        bool norms = TN.On;
+        int W = TW.Count;
+        float* q0 = q, q1 = q0 + E, q2 = q1 + E, q3 = q2 + E;
+        float* k0 = k, k1 = k0 + E, k2 = k1 + E, k3 = k2 + E;
+        TV n0 = TW.Zero, n1 = TW.Zero, n2 = TW.Zero, n3 = TW.Zero;
+        TV a00 = TW.Zero, a01 = TW.Zero, a02 = TW.Zero, a03 = TW.Zero, a10 = TW.Zero, a11 = TW.Zero, a12 = TW.Zero, a13 = TW.Zero;
+        TV a20 = TW.Zero, a21 = TW.Zero, a22 = TW.Zero, a23 = TW.Zero, a30 = TW.Zero, a31 = TW.Zero, a32 = TW.Zero, a33 = TW.Zero;
+        for (int e = 0; e < E; e += W)
+        {
+            var x0 = TW.Load(k0 + e); var x1 = TW.Load(k1 + e); var x2 = TW.Load(k2 + e); var x3 = TW.Load(k3 + e);
+            if (norms) { n0 = TW.Fma(x0, x0, n0); n1 = TW.Fma(x1, x1, n1); n2 = TW.Fma(x2, x2, n2); n3 = TW.Fma(x3, x3, n3); }
+            var y = TW.Load(q0 + e);
+            a00 = TW.Fma(y, x0, a00); a01 = TW.Fma(y, x1, a01); a02 = TW.Fma(y, x2, a02); a03 = TW.Fma(y, x3, a03);
+            y = TW.Load(q1 + e);
+            a10 = TW.Fma(y, x0, a10); a11 = TW.Fma(y, x1, a11); a12 = TW.Fma(y, x2, a12); a13 = TW.Fma(y, x3, a13);
+            y = TW.Load(q2 + e);
+            a20 = TW.Fma(y, x0, a20); a21 = TW.Fma(y, x1, a21); a22 = TW.Fma(y, x2, a22); a23 = TW.Fma(y, x3, a23);
+            y = TW.Load(q3 + e);
+            a30 = TW.Fma(y, x0, a30); a31 = TW.Fma(y, x1, a31); a32 = TW.Fma(y, x2, a32); a33 = TW.Fma(y, x3, a33);
+        }
+        TW.StoreSums4x4(a00, a01, a02, a03, a10, a11, a12, a13, a20, a21, a22, a23, a30, a31, a32, a33, dst, DecodeKB);
+        return norms ? TW.Sum4(n0, n1, n2, n3) : Vector128<float>.Zero;
+    }
+
+    /// <summary>A compile-time switch for generic kernels: each implementing struct is a separate specialisation.</summary>
+    internal interface IFlag { static abstract bool On { get; } }
+    internal struct WithNorms : IFlag { public static bool On => true; }
+    internal struct NoNorms : IFlag { public static bool On => false; }
 
     /// <summary>Online-softmax step of one row of kn scores (entries to drop already −∞): m ← max(m, max row) (NaN scores
     /// ignored by the max, but they reach l and acc through exp(NaN − m)), row ← e^(row − m), l ← l·e^(m_old−m) + Σ row,
