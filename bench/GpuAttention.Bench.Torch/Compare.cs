@@ -186,23 +186,21 @@ public static unsafe class Compare
         return maxDiff / Math.Max(maxRef, Math.Max(floor, 1e-30));
     }
 
-    public static Result RunCase(Device dev, SdpaCase c, int reps)
+    /// <summary>SDPA inputs of a case (fixed seed): q, k, v and grad_out uniform in [−1, 1].</summary>
+    public static (float[] Q, float[] K, float[] V, float[] GradOut) SdpaInputs(SdpaCase c)
     {
         var rng = new Random(12345);
-        int G = c.Hq / c.Hkv;
-        float[] qh = Rand(rng, (long)c.B * c.Hq * c.L * c.E), kh = Rand(rng, (long)c.B * c.Hkv * c.S * c.E);
-        float[] vh = Rand(rng, (long)c.B * c.Hkv * c.S * c.E), gh = Rand(rng, (long)c.B * c.Hq * c.L * c.E);
-        using var ours = new OursSdpa(dev, c, qh, kh, vh, gh);
-        using var peer = new TorchSdpa(c, qh, kh, vh, gh);
-        ours.Run(); peer.Run();
-        double maxRel = MaxRel(ours.Out(), peer.Out());
-        if (c.Backward)
-        {
-            var (dq, dk, dv) = ours.Grads();
-            var (tq, tk, tv) = peer.Grads();
-            maxRel = Math.Max(maxRel, Math.Max(MaxRel(dq, tq), Math.Max(MaxRel(dk, tk), MaxRel(dv, tv))));
-        }
-        if (!(maxRel <= 1e-3)) throw new InvalidOperationException($"{c.Name}: outputs differ (max rel {maxRel:E2})");
+        float[] q = Rand(rng, (long)c.B * c.Hq * c.L * c.E), k = Rand(rng, (long)c.B * c.Hkv * c.S * c.E);
+        float[] v = Rand(rng, (long)c.B * c.Hkv * c.S * c.E), g = Rand(rng, (long)c.B * c.Hq * c.L * c.E);
+        return (q, k, v, g);
+    }
+
+    public static Result RunCase(Device dev, SdpaCase c, int reps)
+    {
+        var (q, k, v, g) = SdpaInputs(c);
+        using var ours = new OursSdpa(dev, c, q, k, v, g);
+        using var peer = new TorchSdpa(c, q, k, v, g);
+        double maxRel = CheckSame(c.Name, ours.Run, ours.Outputs, peer.Run, peer.Outputs, 1e-3);
         return Interleave(ours.Run, peer.Run, reps, maxRel);
     }
 
@@ -342,8 +340,8 @@ public sealed class OursSdpa : IDisposable
         _d.Synchronize();
     }
 
-    public float[] Out() => _d.Download(_o);
-    public (float[], float[], float[]) Grads() => (_d.Download(_dq!), _d.Download(_dk!), _d.Download(_dv!));
+    /// <summary>out, and grad_q, grad_k, grad_v when the case has a backward.</summary>
+    public float[][] Outputs() => _c.Backward ? [_d.Download(_o), _d.Download(_dq!), _d.Download(_dk!), _d.Download(_dv!)] : [_d.Download(_o)];
 
     public void Dispose()
     {
@@ -392,13 +390,13 @@ public sealed class TorchSdpa : IDisposable
 
     private static float[] Data(TT t) => t.detach().contiguous().data<float>().ToArray();
 
-    public float[] Out() => Data(_o!);
-
-    public (float[], float[], float[]) Grads()
+    /// <summary>out, and grad_q, grad_k, grad_v (grad_k, grad_v summed back over the query group) when the case has a backward.</summary>
+    public float[][] Outputs()
     {
+        if (!_c.Backward) return [Data(_o!)];
         int G = _c.Hq / _c.Hkv;
         TT Fold(TT t) => G == 1 ? t : t.reshape(_c.B, _c.Hkv, G, _c.S, _c.E).sum(2);
-        return (Data(_dq!), Data(Fold(_dk!)), Data(Fold(_dv!)));
+        return [Data(_o!), Data(_dq!), Data(Fold(_dk!)), Data(Fold(_dv!))];
     }
 
     public void Dispose()

@@ -98,7 +98,7 @@ internal static class BenchOnly
 }
 
 /// <summary>SDPA workloads of issue 15: ours against LibTorch 2.10's scaled_dot_product_attention (the baseline), same
-/// inputs, outputs checked equal in the compare mode (<see cref="Compare"/>); GQA K/V expanded for LibTorch in setup.</summary>
+/// inputs, outputs (and gradients) checked equal in setup; GQA K/V expanded for LibTorch in setup.</summary>
 public class SdpaVsLibTorch : LibTorchPairBench
 {
     /// <summary>Every case of <see cref="Compare.Cases"/>, or those whose name contains $GPUATTENTION_BENCH_ONLY.</summary>
@@ -109,14 +109,11 @@ public class SdpaVsLibTorch : LibTorchPairBench
     [GlobalSetup]
     public void Setup()
     {
-        var c = Case;
-        var rng = new Random(12345);
-        float[] R(long n) { var a = new float[n]; for (long i = 0; i < n; i++) a[i] = (float)(rng.NextDouble() * 2 - 1); return a; }
-        float[] q = R((long)c.B * c.Hq * c.L * c.E), k = R((long)c.B * c.Hkv * c.S * c.E), v = R((long)c.B * c.Hkv * c.S * c.E), g = R((long)c.B * c.Hq * c.L * c.E);
+        var (q, k, v, g) = Compare.SdpaInputs(Case);
         var d = OpenCpu();
-        var ours = Own(new OursSdpa(d, c, q, k, v, g));
-        var torch = Own(new TorchSdpa(c, q, k, v, g));
-        ours.Run(); torch.Run();
+        var ours = Own(new OursSdpa(d, Case, q, k, v, g));
+        var torch = Own(new TorchSdpa(Case, q, k, v, g));
+        Compare.CheckSame(Case.Name, ours.Run, ours.Outputs, torch.Run, torch.Outputs, 1e-3);
         Pair(ours.Run, torch.Run);
     }
 }
