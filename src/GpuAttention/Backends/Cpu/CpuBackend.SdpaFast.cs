@@ -340,7 +340,6 @@ internal sealed unsafe partial class CpuBackend
             return;
         }
         if (float.IsNaN(mOld)) mNew = mOld;
-        m = mNew;
         var mv = Vector512.Create(mNew);
         var l2e = Vector512.Create(Log2Ef);
         var sum = Vector512<float>.Zero;
@@ -350,15 +349,7 @@ internal sealed unsafe partial class CpuBackend
             e.Store(p);
             sum += e;
         }
-        if (mNew == mOld)
-        {
-            (Vector512.Load(lRow) + sum).Store(lRow);
-            return;
-        }
-        // e^(m_old − m) by the same 2^((x)·log2 e) as the scores (no call into the C runtime's expf per row and block).
-        var cv = float.IsNegativeInfinity(mOld) ? Vector512<float>.Zero : Exp2(Vector512.Create((mOld - mNew) * Log2Ef));
-        Avx512F.FusedMultiplyAdd(Vector512.Load(lRow), cv, sum).Store(lRow);
-        for (int e = 0; e < EvPad; e += 16) (Vector512.Load(accRow + e) * cv).Store(accRow + e);
+        Rescale(ref m, mNew, lRow, sum, accRow, EvPad);
     }
 
     /// <summary>
@@ -413,24 +404,25 @@ internal sealed unsafe partial class CpuBackend
             e0.Store(p); e1.Store(p + FKB); e2.Store(p + 2 * FKB); e3.Store(p + 3 * FKB);
             s0 += e0; s1 += e1; s2 += e2; s3 += e3;
         }
-        Rescale(m, 0, mNew0, lRow, s0, accRow, EvPad);
-        Rescale(m, 1, mNew1, lRow + 16, s1, accRow + EvPad, EvPad);
-        Rescale(m, 2, mNew2, lRow + 32, s2, accRow + 2 * EvPad, EvPad);
-        Rescale(m, 3, mNew3, lRow + 48, s3, accRow + 3 * EvPad, EvPad);
+        Rescale(ref m[0], mNew0, lRow, s0, accRow, EvPad);
+        Rescale(ref m[1], mNew1, lRow + 16, s1, accRow + EvPad, EvPad);
+        Rescale(ref m[2], mNew2, lRow + 32, s2, accRow + 2 * EvPad, EvPad);
+        Rescale(ref m[3], mNew3, lRow + 48, s3, accRow + 3 * EvPad, EvPad);
     }
 
-    /// <summary>The end of an online-softmax step for row t: m ← mNew, l ← l·e^(m_old−m) + sum (16 lanes), acc ← acc·e^(m_old−m)
-    /// (as in <see cref="SoftmaxRow"/>; a NaN m makes l and acc NaN).</summary>
+    /// <summary>The end of an online-softmax step for one row: m ← mNew, l ← l·e^(m_old−m) + sum (16 lanes), acc ← acc·e^(m_old−m)
+    /// (a NaN m makes l and acc NaN). Shared by <see cref="SoftmaxRow"/> and <see cref="SoftmaxRows4"/>.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Rescale(float* m, int t, float mNew, float* lRow, Vector512<float> sum, float* accRow, int EvPad)
+    private static void Rescale(ref float m, float mNew, float* lRow, Vector512<float> sum, float* accRow, int EvPad)
     {
-        float mOld = m[t];
-        m[t] = mNew;
+        float mOld = m;
+        m = mNew;
         if (mNew == mOld)
         {
             (Vector512.Load(lRow) + sum).Store(lRow);
             return;
         }
+        // e^(m_old − m) by the same 2^((x)·log2 e) as the scores (no call into the C runtime's expf per row and block).
         var cv = float.IsNegativeInfinity(mOld) ? Vector512<float>.Zero : Exp2(Vector512.Create((mOld - mNew) * Log2Ef));
         Avx512F.FusedMultiplyAdd(Vector512.Load(lRow), cv, sum).Store(lRow);
         for (int e = 0; e < EvPad; e += 16) (Vector512.Load(accRow + e) * cv).Store(accRow + e);

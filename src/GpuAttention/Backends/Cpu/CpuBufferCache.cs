@@ -6,7 +6,7 @@ namespace GpuAttention.Backends.Cpu;
 /// Freed CPU-backend buffers kept for the next allocation of the same size class (a caching allocator, as PyTorch's device
 /// allocators): memory fresh from the OS costs a page fault per 4 KB page on first touch, which in a layer that allocates
 /// its intermediates per call dominated the call (MultiHeadAttention B1 L1024 E512 H8 causal forward+backward on the 2-core
-/// VM: 108–133 ms with fresh buffers, 51 ms with this cache timed directly, 39–43 ms in BenchmarkDotNet against 138 ms before). Buffers of at least <see cref="MinBytes"/> are rounded
+/// VM: 108–133 ms with fresh buffers, 51 ms with this cache timed directly, 39–43 ms in BenchmarkDotNet). Buffers of at least <see cref="MinBytes"/> are rounded
 /// up to a multiple of <see cref="Granule"/> and, when freed, cached while the cache holds at most <see cref="CapBytes"/>;
 /// anything else goes back to the OS at once. Thread-safe (a leaked buffer is freed by its finalizer). <see cref="Trim"/>
 /// (<see cref="Device.ReleaseCachedMemory"/>) and <see cref="Dispose"/> (the device's) free what is cached. GC memory
